@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Each creates or reuses .venv and installs exactly the versions in requirements.lock.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+export RAY_USAGE_STATS_ENABLED := 0
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+
+.PHONY: venv demo test test-unit test-fast lock bench-ingest clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "pip==26.3"
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	@touch $(STAMP)
+
+## Run the whole pipeline end to end on the embedded defaults.
+demo: $(STAMP)
+	$(VENV)/bin/aisys demo
+
+## Run the whole test suite (unit, ray, e2e).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Only the pure tests (no Ray): seconds.
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## Re-pin every dependency from the current venv.
+lock: $(STAMP)
+	(echo "# Exact versions CI installs (pip freeze of a venv where the whole suite passed). Regenerate: make lock"; \
+	 $(PY) -m pip freeze --exclude-editable | grep -v "^aisys") > requirements.lock
+
+bench-ingest: $(STAMP)
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf .aisys .pytest_cache

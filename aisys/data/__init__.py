@@ -1,0 +1,1 @@
+"""Data sources (shop simulator, MovieLens, event files), validation, the lake and ingestion."""

@@ -1,0 +1,1 @@
+"""Point-in-time features shared by training and serving."""

@@ -1,0 +1,1 @@
+"""The closed loop: retrain policy, retraining and promotion."""

@@ -1,0 +1,1 @@
+"""PyTorch recommenders, baselines and the model bundle."""

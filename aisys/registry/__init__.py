@@ -1,0 +1,1 @@
+"""The model registry (MLflow): the only package that imports mlflow."""

@@ -1,0 +1,1 @@
+"""Ray Serve application: the FastAPI gateway and the recommender deployment."""

@@ -1,0 +1,1 @@
+"""Splits, metrics, the training loop and its Ray Train adapter."""
