@@ -31,23 +31,50 @@ class _Section(BaseModel):
 
 
 class PathsConfig(_Section):
-    """Where state lives. Each is a local path or a URI (``s3://…``, ``postgresql+psycopg2://…``)."""
+    """Where state lives: one workspace folder, and each store a path or URI that defaults under it.
 
-    workspace: str = Field(".aisys", description="Local working folder for caches, reports and Ray storage.")
-    lake_uri: str = Field(".aisys/lake", description="Root of the Parquet data lake (local path or s3://).")
-    mlflow_tracking_uri: str = Field(
-        "sqlite:///.aisys/mlflow.db", description="MLflow tracking/registry store."
-    )
-    mlflow_artifact_uri: str = Field(
-        ".aisys/mlartifacts", description="Default artifact root for new MLflow experiments."
-    )
-    cache_dir: str = Field(".aisys/cache", description="Download cache (MovieLens wheel).")
+    Relative local paths are made absolute when the config is loaded, because
+    Ray workers, Serve replicas and job drivers run with other working folders.
+    """
 
-    def resolved(self, value: str) -> str:
-        """Turn a relative local path into an absolute one; leave URIs alone."""
-        if "://" in value:
-            return value
-        return str(Path(value).expanduser().resolve())
+    workspace: str = Field(".aisys", description="Local working folder; the stores below default under it.")
+    lake_uri: str | None = Field(None, description="Root of the Parquet data lake (path or s3://); default <workspace>/lake.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry store; default sqlite:///<workspace>/mlflow.db."
+    )
+    mlflow_artifact_uri: str | None = Field(
+        None, description="Artifact root for new MLflow experiments (path or s3://); default <workspace>/mlartifacts."
+    )
+    cache_dir: str | None = Field(None, description="Download cache (MovieLens wheel); default <workspace>/cache.")
+
+    @model_validator(mode="after")
+    def _derive_and_absolutise(self) -> "PathsConfig":
+        ws = _absolute(self.workspace)
+        values = {
+            "workspace": ws,
+            "lake_uri": _absolute(self.lake_uri or f"{ws}/lake"),
+            "mlflow_tracking_uri": _absolute_sqlite(self.mlflow_tracking_uri or f"sqlite:///{ws}/mlflow.db"),
+            "mlflow_artifact_uri": _absolute(self.mlflow_artifact_uri or f"{ws}/mlartifacts"),
+            "cache_dir": _absolute(self.cache_dir or f"{ws}/cache"),
+        }
+        for key, value in values.items():
+            object.__setattr__(self, key, value)  # bypass validate_assignment: no recursion
+        return self
+
+
+def _absolute(value: str) -> str:
+    """Absolute path for a local path; URIs (``s3://``, ``file://``) unchanged."""
+    if "://" in value:
+        return value
+    return str(Path(value).expanduser().absolute())
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """Make the file of a relative ``sqlite:///rel/path.db`` URI absolute; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + _absolute(uri[len(prefix) :])
+    return uri
 
 
 class RayConfig(_Section):
@@ -90,7 +117,7 @@ class DataConfig(_Section):
     source: Literal["simulator", "movielens"] = "simulator"
     simulator: SimulatorConfig = SimulatorConfig()
     movielens: MovieLensConfig = MovieLensConfig()
-    raw_dir: str = Field(".aisys/raw", description="Where `aisys data` writes raw event files.")
+    raw_dir: str | None = Field(None, description="Where `aisys data` writes raw event files; default <workspace>/raw.")
     raw_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
 
 
@@ -179,6 +206,12 @@ class AppConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
     demo: DemoConfig = DemoConfig()
+
+    @model_validator(mode="after")
+    def _raw_dir_under_workspace(self) -> "AppConfig":
+        raw = self.data.raw_dir or f"{self.paths.workspace}/raw"
+        object.__setattr__(self.data, "raw_dir", _absolute(raw))
+        return self
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:

@@ -38,9 +38,11 @@ def init_ray(cfg: AppConfig, **extra: Any):
     quiet_environment()
     if ray.is_initialized():
         return ray
-    # Workers must find the `aisys` package even when it runs from a checkout.
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=True, **extra)
+    # Inside `ray job submit` Ray sets RAY_ADDRESS: join that cluster rather
+    # than starting a private one (num_cpus is not allowed when joining).
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **extra)
     else:
         # A local, single-user Ray on loopback: token auth protects a shared
         # cluster; here nobody else can reach the ports (see docs/operations.md).

@@ -1,0 +1,218 @@
+"""`aisys demo`: the whole loop on the embedded defaults, then a summary.
+
+data -> raw file with injected faults -> ingest (Ray Data) -> train (Ray Train)
+-> register (MLflow, alias champion) -> serve (Ray Serve) -> live traffic over
+HTTP -> summary -> clean shutdown.
+
+The last ``demo.n_events`` events of the source are held back from the raw file
+and replayed over HTTP as live traffic: before each one, the demo asks for the
+user's recommendations and checks whether the item the user then touched was
+among them (a prequential hit-rate), then posts the event.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aisys.config import AppConfig
+
+
+def split_live_tail(events: pa.Table, n_live: int) -> tuple[pa.Table, pa.Table]:
+    """Split time-ordered events into (history for the lake, the last ``n_live`` for live replay)."""
+    order = pc.sort_indices(events, sort_keys=[("timestamp", "ascending"), ("event_id", "ascending")])
+    events = events.take(order)
+    n_live = min(n_live, max(events.num_rows - 1, 0))
+    cut = events.num_rows - n_live
+    return events.slice(0, cut), events.slice(cut)
+
+
+def latency_percentiles(latencies_s: list[float]) -> dict[str, float]:
+    """p50/p90/p99 in milliseconds (NaN when nothing was measured)."""
+    if not latencies_s:
+        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan")}
+    ms = np.asarray(latencies_s) * 1000.0
+    return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)}
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def replay_live_traffic(base_url: str, live: pa.Table, n_requests: int, k: int = 10) -> dict[str, Any]:
+    """Replay live events over HTTP and measure latency, errors, fallbacks and the prequential hit-rate."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = hits = scored = fallbacks = sent_events = 0
+    rows = live.to_pylist()
+    with httpx.Client(base_url=base_url, timeout=30.0) as client:
+        for row in rows:
+            started = time.perf_counter()
+            resp = client.get(f"/recommendations/{row['user_id']}", params={"k": k})
+            latencies.append(time.perf_counter() - started)
+            if resp.status_code != 200:
+                errors += 1
+            else:
+                body = resp.json()
+                fallbacks += bool(body.get("fallback"))
+                scored += 1
+                hits += row["item_id"] in {it["item_id"] for it in body["items"]}
+            event = {key: row[key] for key in ("event_id", "user_id", "item_id", "event_type", "value")}
+            event["timestamp"] = row["timestamp"].isoformat()
+            if row.get("category") is not None:
+                event["category"] = row["category"]
+            if row.get("price") is not None:
+                event["price"] = row["price"]
+            resp = client.post("/events", json=event)
+            errors += resp.status_code != 200
+            sent_events += 1
+        # Requests beyond the replay: known users again, plus some unknown ones (the fallback path).
+        users = [r["user_id"] for r in rows] or ["u0"]
+        for i in range(max(n_requests - len(rows), 0)):
+            user = users[i % len(users)] if i % 5 else f"new-visitor-{i}"
+            started = time.perf_counter()
+            resp = client.get(f"/recommendations/{user}", params={"k": k})
+            latencies.append(time.perf_counter() - started)
+            if resp.status_code != 200:
+                errors += 1
+            else:
+                fallbacks += bool(resp.json().get("fallback"))
+        model = client.get("/model").json()
+        health = client.get("/healthz").json()
+    return {
+        "requests": len(latencies),
+        "events_posted": sent_events,
+        "errors": errors,
+        "fallback_responses": fallbacks,
+        "online_hr@10": hits / scored if scored else float("nan"),
+        "model": model,
+        "health": health,
+        **latency_percentiles(latencies),
+    }
+
+
+def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
+    """Run every stage end to end on ``cfg`` and return (and print) the summary."""
+    from rich.console import Console
+
+    from aisys import pipeline
+    from aisys.data.lake import Lake
+    from aisys.runtime import init_ray
+
+    console = console or Console()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    workspace = Path(cfg.paths.workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+
+    def step(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+        console.print(f"[green]✓[/] {name} ({timings[name]} s)")
+
+    t0 = time.perf_counter()
+    with console.status(f"1/5 generating events ({cfg.data.source}) ..."):
+        events = pipeline.source_events(cfg)
+        history, live = split_live_tail(events, cfg.demo.n_events)
+        raw = pipeline.generate_raw_events(
+            cfg, bad_share=cfg.demo.bad_row_share, duplicate_share=cfg.demo.duplicate_share, table=history
+        )
+    step("data", t0)
+
+    t0 = time.perf_counter()
+    console.print("2/5 ingesting on Ray Data ...")
+    init_ray(cfg)
+    manifest = pipeline.ingest(cfg, [raw.path], source=f"demo:{cfg.data.source}")
+    step("ingest", t0)
+
+    t0 = time.perf_counter()
+    console.print("3/5 training on Ray Train and registering in MLflow ...")
+    outcome = pipeline.train_from_lake(cfg, manifest.snapshot_id)
+    step("train+register", t0)
+
+    from aisys.serving.app import start_serving, stop_serving
+
+    if not _port_is_free(cfg.serve.host, cfg.serve.port):
+        port = _free_port(cfg.serve.host)
+        console.print(f"port {cfg.serve.port} is busy; serving on {port} instead")
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"port": port})})
+    t0 = time.perf_counter()
+    with console.status("4/5 starting Ray Serve ..."):
+        base_url = start_serving(cfg)
+    step("serve start", t0)
+
+    t0 = time.perf_counter()
+    try:
+        with console.status(f"5/5 live traffic: {live.num_rows} events + requests over HTTP ..."):
+            traffic = replay_live_traffic(base_url, live, cfg.demo.n_requests)
+        step("live traffic", t0)
+    finally:
+        stop_serving()
+        import ray
+
+        ray.shutdown()
+
+    c = manifest.counts
+    summary: dict[str, Any] = {
+        "ok": traffic["errors"] == 0,
+        "source": cfg.data.source,
+        "raw_rows": raw.rows,
+        "injected_bad_rows": raw.bad_rows,
+        "injected_duplicates": raw.duplicate_rows,
+        "snapshot_id": manifest.snapshot_id,
+        "ingest_counts": dict(c),
+        "lake_snapshots": len(Lake(cfg.paths.lake_uri).list_snapshots()),
+        "offline_model": outcome.metrics,
+        "offline_popularity": outcome.baseline_metrics,
+        "model_name": outcome.model_name,
+        "model_version": outcome.model_version,
+        "run_id": outcome.run_id,
+        "serving": traffic,
+        "timings_s": timings,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    (workspace / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print_summary(summary, console)
+    return summary
+
+
+def print_summary(s: dict[str, Any], console) -> None:
+    """Print the demo summary as one table."""
+    from rich.table import Table
+
+    c, srv = s["ingest_counts"], s["serving"]
+    m, p = s["offline_model"], s["offline_popularity"]
+    table = Table(title="aisys demo summary", show_header=False)
+    table.add_row("raw rows (injected bad / duplicates)", f"{s['raw_rows']:,} ({s['injected_bad_rows']} / {s['injected_duplicates']})")
+    table.add_row(
+        "ingested: clean / quarantined / duplicates",
+        f"{c.get('clean', 0):,} / {c.get('quarantined', 0):,} / "
+        f"{c.get('duplicates_in_batch', 0) + c.get('duplicates_in_lake', 0):,}  (snapshot {s['snapshot_id']})",
+    )
+    table.add_row("offline HR@10 model vs popularity", f"{m.get('hr@10', float('nan')):.4f} vs {p.get('hr@10', float('nan')):.4f}")
+    table.add_row("offline NDCG@10 model vs popularity", f"{m.get('ndcg@10', float('nan')):.4f} vs {p.get('ndcg@10', float('nan')):.4f}")
+    table.add_row("model", f"{s['model_name']} v{s['model_version']} (champion)")
+    table.add_row("requests / events posted / errors", f"{srv['requests']} / {srv['events_posted']} / {srv['errors']}")
+    table.add_row("latency p50 / p99", f"{srv['p50_ms']:.1f} ms / {srv['p99_ms']:.1f} ms")
+    table.add_row("online HR@10 on live replay", f"{srv['online_hr@10']:.3f}")
+    table.add_row("fallback responses", str(srv["fallback_responses"]))
+    table.add_row("wall time", f"{s['wall_s']} s")
+    console.print(table)

@@ -1,0 +1,120 @@
+"""Request and response models of the HTTP API (one per resource and direction).
+
+Requests forbid unknown keys, so a misspelt field is a 422 that names it rather
+than a silently dropped value.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aisys.schemas import EVENT_TYPES
+
+# Matches the ingest default (cfg.ingest.max_id_length): the collector should
+# not accept an id that ingestion would later quarantine.
+MAX_ID_LENGTH = 128
+
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class EventIn(BaseModel):
+    """One interaction posted to ``POST /events``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="Client-chosen id (makes retries idempotent at ingest); generated when absent.",
+    )
+    user_id: str = Field(..., min_length=1, max_length=MAX_ID_LENGTH, description="Who interacted.")
+    item_id: str = Field(..., min_length=1, max_length=MAX_ID_LENGTH, description="With which item.")
+    event_type: EventType = Field(..., description=f"One of {', '.join(EVENT_TYPES)}.")
+    value: float = Field(1.0, allow_inf_nan=False, description="Rating or quantity; 1 by default.")
+    timestamp: datetime = Field(
+        default_factory=_utc_now,
+        description="When it happened: ISO 8601 or epoch seconds; naive times are UTC; default now.",
+    )
+    category: str | None = Field(None, max_length=MAX_ID_LENGTH, description="Item category, when known.")
+    price: float | None = Field(None, ge=0, allow_inf_nan=False, description="Item price, when known.")
+
+    @field_validator("event_id", "user_id", "item_id")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _as_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def to_raw_event(self) -> dict[str, Any]:
+        """The event in the raw-file format ``aisys ingest`` reads (ISO 8601 UTC timestamp)."""
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "event_type": self.event_type,
+            "value": self.value,
+            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            "category": self.category,
+            "price": self.price,
+        }
+
+
+class ScoredItemOut(BaseModel):
+    item_id: str
+    score: float
+    category: str | None = None
+
+
+class RecommendationsOut(BaseModel):
+    """Response of ``GET /recommendations/{user_id}``."""
+
+    user_id: str
+    k: int
+    items: list[ScoredItemOut]
+    fallback: bool = Field(..., description="True when popularity was served instead of the model.")
+    reason: str | None = Field(None, description="Why the fallback was used (e.g. 'unknown_user').")
+    model_version: str | None = None
+
+
+class EventAccepted(BaseModel):
+    """Response of ``POST /events``."""
+
+    event_id: str
+    accepted: Literal[True] = True
+    known_item: bool = Field(..., description="False when the model does not know the item (logged, not scored).")
+
+
+class ModelOut(BaseModel):
+    """Response of ``GET /model``: what is being served and where it came from."""
+
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    snapshot_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    """Response of ``GET /healthz``."""
+
+    status: Literal["ok", "degraded"]
+    model_loaded: bool
+    model_version: str | None = None
