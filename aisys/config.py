@@ -178,6 +178,7 @@ class ServeConfig(_Section):
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1)
     model_uri: str | None = Field(None, description="Override the registry alias (models:/name/version).")
+    access_log: bool = Field(True, description="Serve's per-request access log lines.")
 
     @model_validator(mode="after")
     def _k_bounds(self) -> "ServeConfig":
@@ -188,7 +189,7 @@ class ServeConfig(_Section):
 
 class DemoConfig(_Section):
     n_events: int = Field(300, ge=0, description="Live events the demo posts over HTTP.")
-    n_requests: int = Field(300, ge=1, description="Recommendation requests the demo sends.")
+    n_requests: int = Field(300, ge=1, description="Recommendation requests the demo sends after the live replay (every fifth for an unknown visitor).")
     bad_row_share: float = Field(0.02, ge=0, lt=1, description="Share of deliberately broken raw rows.")
     duplicate_share: float = Field(0.02, ge=0, lt=1, description="Share of duplicated raw rows.")
 

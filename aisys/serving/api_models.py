@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -110,6 +110,26 @@ class ModelOut(BaseModel):
     snapshot_id: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def describe(cls, bundle: Any, info: Mapping[str, Any], default_name: str | None = None) -> "ModelOut":
+        """Describe a loaded bundle from its lineage plus the registry's ``info`` dict.
+
+        The registry's answer wins where both know a value (name, version,
+        alias, run id); the data snapshot comes from the bundle's lineage.
+        """
+        lineage = dict(bundle.lineage or {})
+        version = info.get("version")
+        metrics = {k: float(v) for k, v in (bundle.metrics or {}).items() if isinstance(v, (int, float))}
+        return cls(
+            name=info.get("name") or info.get("model_name") or default_name,
+            version=None if version is None else str(version),
+            alias=info.get("alias"),
+            run_id=info.get("run_id") or lineage.get("run_id"),
+            snapshot_id=lineage.get("snapshot_id") or info.get("snapshot_id"),
+            metrics=metrics,
+            lineage=lineage,
+        )
 
 
 class Health(BaseModel):

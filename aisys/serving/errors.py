@@ -13,8 +13,9 @@ parser::
     }
 
 ``fields`` is always present (empty when no field is to blame). ``request_id``
-echoes the caller's ``X-Request-ID`` header or a generated id, and is also sent
-back as the ``X-Request-ID`` response header so logs and clients can meet.
+is the request's ``X-Request-ID`` header (Ray Serve's proxy sets one and logs
+it) or, when there is none, a generated id that is also sent back as the
+``X-Request-ID`` response header, so logs and clients can meet.
 Unexpected exceptions become a 500 with a generic message: tracebacks go to the
 server log, never into the body.
 """
@@ -87,7 +88,7 @@ def validation_fields(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 class RequestIdMiddleware:
-    """Give every HTTP request an id (caller's ``X-Request-ID`` or a uuid).
+    """Give every HTTP request an id (its ``X-Request-ID`` header, or a new uuid returned in that header).
 
     A plain ASGI middleware rather than ``BaseHTTPMiddleware``: it neither
     buffers bodies nor interferes with exception propagation.
@@ -101,8 +102,14 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode())
-        # Bound what we echo back: the header is caller-controlled.
-        rid = incoming.decode("latin-1")[:128] if incoming else uuid.uuid4().hex
+        if incoming:
+            # Bound what we keep: the header is caller-controlled. Whoever set it
+            # (the caller, or Serve's proxy, which also echoes it) already has it,
+            # so it is not added to the response again.
+            scope.setdefault("state", {})["request_id"] = incoming.decode("latin-1")[:128]
+            await self.app(scope, receive, send)
+            return
+        rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
 
         async def send_with_id(message: Message) -> None:

@@ -13,8 +13,8 @@ Routes::
     GET  /model                            -> ModelOut
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must evaluate the route
+# annotations, and the `k` bound is a closure variable of the router factory.
 from dataclasses import dataclass, field
 from typing import Annotated, Awaitable, Callable
 

@@ -153,7 +153,11 @@ def test_recommend_many_scores_all_known_users_in_one_forward_pass(bundle: Model
     many = rec.recommend_many(users, k=3)
     assert counting.batch_sizes == [3]
     singles = [rec.recommend(u, k=3) for u in users]
-    assert many == singles
+    # Batched and single scoring agree up to float rounding (batch kernels differ).
+    for batched, single in zip(many, singles):
+        assert [s.item_id for s in batched.items] == [s.item_id for s in single.items]
+        assert [s.score for s in batched.items] == pytest.approx([s.score for s in single.items], abs=1e-5)
+        assert (batched.fallback, batched.reason) == (single.fallback, single.reason)
     assert [r.fallback for r in many] == [False, True, False, False]
 
 

@@ -1,0 +1,225 @@
+"""The event lake: versioned Parquet on a local folder or any pyarrow filesystem URI.
+
+Layout under ``{lake}/events/``::
+
+    data/{snapshot_id}/event_date=YYYY-MM-DD/part-*.parquet   rows new in that snapshot
+    quarantine/{snapshot_id}/part-*.parquet                    rejected rows, with reasons
+    _manifests/{snapshot_id}.json                              what makes a snapshot visible
+
+A manifest lists its parent's files plus its own, so each snapshot is an
+immutable version of the whole table (time travel by snapshot id). Data files
+are written first and the manifest last: a writer killed half-way leaves orphan
+files that no manifest lists, never a visible partial snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from aisys.schemas import EVENT_COLUMNS, LAKE_SCHEMA, PARTITION_COLUMN, QUARANTINE_SCHEMA
+
+COUNT_KEYS = ("input", "clean", "quarantined", "duplicates_in_batch", "duplicates_in_lake", "written", "total_rows")
+_PARTITIONING = ds.partitioning(pa.schema([pa.field(PARTITION_COLUMN, pa.string())]), flavor="hive")
+
+
+@dataclass
+class Manifest:
+    """One immutable version of the events table. File paths are relative to ``{lake}/events``."""
+
+    snapshot_id: str
+    parent_id: str | None
+    created_at: str
+    source: str
+    schema_hash: str
+    counts: dict[str, int]
+    files: list[str]
+    quarantine_files: list[str] = field(default_factory=list)
+    partitions: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        return cls(**json.loads(text))
+
+
+def new_snapshot_id(now: datetime | None = None) -> str:
+    """A sortable id: UTC time to the microsecond plus 6 random hex digits
+    (``20261129T101500.123456Z-1a2b3c``); microseconds keep quick successive ingests in order."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(3)}"
+
+
+def add_event_date(table: pa.Table) -> pa.Table:
+    """Append the ``event_date`` partition column (UTC ``YYYY-MM-DD``)."""
+    dates = pc.strftime(table.column("timestamp"), format="%Y-%m-%d")
+    return table.append_column(PARTITION_COLUMN, dates.cast(pa.string()))
+
+
+class Lake:
+    """A versioned events table under ``uri`` (a local path, ``file://`` or ``s3://`` URI)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        if "://" in uri:
+            self.fs, root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        self.root = root.rstrip("/")
+        self.events_root = f"{self.root}/events"
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # --- paths ---------------------------------------------------------------------
+    def data_dir(self, snapshot_id: str) -> str:
+        """Folder that receives the rows new in ``snapshot_id``."""
+        return f"{self.events_root}/data/{snapshot_id}"
+
+    def quarantine_dir(self, snapshot_id: str) -> str:
+        return f"{self.events_root}/quarantine/{snapshot_id}"
+
+    def _manifest_dir(self) -> str:
+        return f"{self.events_root}/_manifests"
+
+    def _abs(self, relative: str) -> str:
+        return f"{self.events_root}/{relative}"
+
+    def _rel(self, absolute: str) -> str:
+        return absolute[len(self.events_root) + 1 :]
+
+    # --- writing -------------------------------------------------------------------
+    def write_event_files(self, table: pa.Table, snapshot_id: str) -> list[tuple[str, int]]:
+        """Write clean rows (``EVENT_SCHEMA``) partitioned by event_date into the snapshot's
+        data folder; returns ``(relative path, rows)`` per file. Safe to call from many workers."""
+        if table.num_rows == 0:
+            return []
+        table = add_event_date(table.select(list(EVENT_COLUMNS)))
+        written: list[tuple[str, int]] = []
+        dates = pc.unique(table.column(PARTITION_COLUMN)).to_pylist()
+        token = uuid.uuid4().hex[:12]
+        for date in sorted(dates):
+            part = table.filter(pc.equal(table.column(PARTITION_COLUMN), date)).drop_columns([PARTITION_COLUMN])
+            folder = f"{self.data_dir(snapshot_id)}/{PARTITION_COLUMN}={date}"
+            self.fs.create_dir(folder, recursive=True)
+            path = f"{folder}/part-{token}.parquet"
+            pq.write_table(part, path, filesystem=self.fs)
+            written.append((self._rel(path), part.num_rows))
+        return written
+
+    def write_quarantine_file(self, table: pa.Table, snapshot_id: str) -> list[tuple[str, int]]:
+        """Write rejected rows (``QUARANTINE_SCHEMA``); returns ``[(relative path, rows)]`` or []."""
+        if table.num_rows == 0:
+            return []
+        folder = self.quarantine_dir(snapshot_id)
+        self.fs.create_dir(folder, recursive=True)
+        path = f"{folder}/part-{uuid.uuid4().hex[:12]}.parquet"
+        pq.write_table(table.cast(QUARANTINE_SCHEMA), path, filesystem=self.fs)
+        return [(self._rel(path), table.num_rows)]
+
+    def commit(self, manifest: Manifest) -> None:
+        """Make ``manifest`` visible atomically.
+
+        Locally: write a hidden temp file, then rename (atomic on POSIX). On object
+        stores a single PUT is already all-or-nothing, so it is written in place.
+        """
+        missing = [key for key in COUNT_KEYS if key not in manifest.counts]
+        if missing:
+            raise ValueError(f"manifest {manifest.snapshot_id}: counts lack {missing}")
+        final = f"{self._manifest_dir()}/{manifest.snapshot_id}.json"
+        if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
+            raise FileExistsError(f"snapshot {manifest.snapshot_id} already committed in {self.uri}")
+        self.fs.create_dir(self._manifest_dir(), recursive=True)
+        target = f"{self._manifest_dir()}/.{manifest.snapshot_id}.json.tmp" if self._local else final
+        with self.fs.open_output_stream(target) as out:
+            out.write(manifest.to_json().encode())
+        if self._local:
+            self.fs.move(target, final)
+
+    # --- reading -------------------------------------------------------------------
+    def list_snapshots(self) -> list[Manifest]:
+        """Every committed snapshot, oldest first."""
+        selector = pafs.FileSelector(self._manifest_dir(), allow_not_found=True)
+        names = sorted(
+            info.path for info in self.fs.get_file_info(selector)
+            if info.base_name.endswith(".json") and not info.base_name.startswith(".")
+        )
+        return [self._read_manifest(path) for path in names]
+
+    def _read_manifest(self, path: str) -> Manifest:
+        with self.fs.open_input_stream(path) as stream:
+            return Manifest.from_json(stream.read().decode())
+
+    def latest(self) -> Manifest | None:
+        """The newest snapshot, or None for an empty lake."""
+        selector = pafs.FileSelector(self._manifest_dir(), allow_not_found=True)
+        names = sorted(
+            info.path for info in self.fs.get_file_info(selector)
+            if info.base_name.endswith(".json") and not info.base_name.startswith(".")
+        )
+        return self._read_manifest(names[-1]) if names else None
+
+    def get(self, snapshot_id: str) -> Manifest:
+        """The manifest of ``snapshot_id``; KeyError naming the known ids if absent."""
+        path = f"{self._manifest_dir()}/{snapshot_id}.json"
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            known = [m.snapshot_id for m in self.list_snapshots()][-5:]
+            raise KeyError(f"snapshot '{snapshot_id}' not found in lake {self.uri} (latest: {known})")
+        return self._read_manifest(path)
+
+    def _resolve(self, snapshot_id: str | None) -> Manifest | None:
+        return self.latest() if snapshot_id is None else self.get(snapshot_id)
+
+    def read_events(self, snapshot_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """The whole table as of ``snapshot_id`` (latest if None): ``LAKE_SCHEMA``
+        (``EVENT_SCHEMA`` + ``event_date``), sorted by timestamp then event_id."""
+        manifest = self._resolve(snapshot_id)
+        wanted = list(LAKE_SCHEMA.names) if columns is None else list(columns)
+        unknown = [c for c in wanted if c not in LAKE_SCHEMA.names]
+        if unknown:
+            raise ValueError(f"unknown column(s) {unknown}; the lake has {LAKE_SCHEMA.names}")
+        if manifest is None or not manifest.files:
+            return LAKE_SCHEMA.empty_table().select(wanted)
+        read_cols = list(dict.fromkeys(wanted + ["timestamp", "event_id"]))
+        dataset = ds.dataset(
+            [self._abs(f) for f in manifest.files], schema=LAKE_SCHEMA, format="parquet",
+            filesystem=self.fs, partitioning=_PARTITIONING, partition_base_dir=f"{self.events_root}/data",
+        )
+        table = dataset.to_table(columns=read_cols)
+        table = table.sort_by([("timestamp", "ascending"), ("event_id", "ascending")])
+        return table.select(wanted).cast(pa.schema([LAKE_SCHEMA.field(c) for c in wanted]))
+
+    def read_quarantine(self, snapshot_id: str) -> pa.Table:
+        """The rows rejected by ``snapshot_id``'s ingest (``QUARANTINE_SCHEMA``)."""
+        manifest = self.get(snapshot_id)
+        if not manifest.quarantine_files:
+            return QUARANTINE_SCHEMA.empty_table()
+        dataset = ds.dataset([self._abs(f) for f in manifest.quarantine_files], schema=QUARANTINE_SCHEMA,
+                             format="parquet", filesystem=self.fs)
+        return dataset.to_table()
+
+    def existing_event_ids(self, snapshot_id: str | None = None) -> pa.Array:
+        """Every event_id in the table as of ``snapshot_id`` (latest if None)."""
+        manifest = self._resolve(snapshot_id)
+        if manifest is None or not manifest.files:
+            return pa.array([], pa.string())
+        dataset = ds.dataset([self._abs(f) for f in manifest.files], format="parquet", filesystem=self.fs)
+        return dataset.to_table(columns=["event_id"]).column("event_id").combine_chunks().cast(pa.string())
+
+    def file_rows(self, relative_paths: list[str]) -> int:
+        """Total rows in these files, from Parquet footers (no data read)."""
+        total = 0
+        for rel in relative_paths:
+            with self.fs.open_input_file(self._abs(rel)) as handle:
+                total += pq.ParquetFile(handle).metadata.num_rows
+        return total

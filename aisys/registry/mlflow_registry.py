@@ -1,0 +1,301 @@
+"""The MLflow registry: log a training run, register its bundle, alias it, load it back.
+
+This is the only module that imports mlflow. Nothing is configured at import:
+:func:`configure_mlflow` points MLflow at ``cfg.paths.mlflow_tracking_uri`` and
+every public function here calls it first.
+
+A registered version is an MLflow pyfunc model whose ``artifacts/bundle``
+folder is a :class:`~aisys.models.bundle.ModelBundle`. Serving downloads that
+folder (:func:`load_bundle`) rather than going through ``mlflow.pyfunc.load_model``;
+the pyfunc form exists so generic MLflow tooling can load and call it.
+
+MLflow metric names may not contain ``@``: ``hr@10`` is logged as ``hr_at_10``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from aisys.config import AppConfig
+from aisys.models.bundle import ModelBundle
+
+MODEL_ARTIFACT_NAME = "model"
+BUNDLE_ARTIFACT_KEY = "bundle"
+SNAPSHOT_TAG = "lake.snapshot_id"
+CODE_VERSION_TAG = "code_version"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+_PYFUNC_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml")
+
+
+@dataclass
+class RegisteredModel:
+    """A registered model version: ``uri`` is ``models:/name/version``."""
+
+    name: str
+    version: str
+    run_id: str
+    uri: str
+
+
+class BundlePyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: rebuilds the bundle and SASRec, recommends top-k item ids.
+
+    Input: a DataFrame with a ``history`` column (each row a list of item ids,
+    oldest first). Params: ``k`` (default 10). Output: a DataFrame with
+    ``item_ids`` and ``scores`` lists per row. Items the user has seen are not
+    recommended; an empty history gets the most popular items.
+    """
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from aisys.models.sasrec import build_model
+
+        torch.set_num_threads(1)
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT_KEY])
+        self.model = build_model(self.bundle)
+        self.index = self.bundle.item_index()
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        from aisys.features.sequences import recent_window
+
+        k = int((params or {}).get("k", 10))
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "history" not in frame.columns:
+            raise ValueError(f"model input needs a 'history' column of item-id lists; got {list(frame.columns)}")
+        histories = [[self.index[i] for i in (row if row is not None else []) if i in self.index] for row in frame["history"]]
+        windows = np.stack([recent_window(h, self.bundle.max_seq_len) for h in histories])
+        with torch.no_grad():
+            scores = self.model.score_next(torch.from_numpy(windows)).numpy().astype(np.float64)
+        popularity = self.bundle.popularity_scores()
+        out_ids, out_scores = [], []
+        for row, history in enumerate(histories):
+            row_scores = scores[row] if history else popularity.copy()
+            row_scores[list(history)] = -np.inf
+            row_scores[0] = -np.inf
+            top = np.argsort(-row_scores, kind="stable")[:k]
+            top = top[np.isfinite(row_scores[top])]
+            out_ids.append([self.bundle.item_ids[i] for i in top])
+            out_scores.append([float(row_scores[i]) for i in top])
+        return pd.DataFrame({"item_ids": out_ids, "scores": out_scores})
+
+
+def _local_uri(value: str) -> str:
+    """A ``file://`` URI for a local path; URIs (s3://, file://) pass through."""
+    if "://" in value:
+        return value
+    return Path(value).expanduser().resolve().as_uri()
+
+
+def _ensure_sqlite_folder(tracking_uri: str) -> None:
+    # SQLite creates the DB file but not its folder.
+    if tracking_uri.startswith("sqlite:///"):
+        db_path = Path(tracking_uri[len("sqlite:///") :])
+        db_path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def configure_mlflow(cfg: AppConfig) -> str:
+    """Point MLflow at the config's tracking/registry store and experiment; return the experiment id.
+
+    The experiment ``cfg.train.experiment`` is created when missing, with its
+    artifacts under ``cfg.paths.mlflow_artifact_uri`` (a local path becomes a
+    ``file://`` URI).
+    """
+    tracking_uri = cfg.paths.mlflow_tracking_uri
+    _ensure_sqlite_folder(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(cfg.train.experiment)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(
+            cfg.train.experiment, artifact_location=_local_uri(cfg.paths.mlflow_artifact_uri)
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def mlflow_metric_name(key: str) -> str:
+    """MLflow forbids ``@`` in metric names: ``hr@10`` -> ``hr_at_10``."""
+    return key.replace("@", "_at_")
+
+
+def _log_training_curve(history: list[dict]) -> None:
+    """Log loss and validation NDCG per epoch as a PNG (skipped without matplotlib)."""
+    if not history:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on servers
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [row.get("epoch", n) for n, row in enumerate(history)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(epochs, [row.get("loss", np.nan) for row in history], marker="o")
+    left.set(title="training loss", xlabel="epoch")
+    for key in ("valid_hr@10", "valid_ndcg@10"):
+        right.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=key)
+    right.set(title="validation", xlabel="epoch")
+    right.legend()
+    fig.tight_layout()
+    mlflow.log_figure(fig, "training_curve.png")
+    plt.close(fig)
+
+
+def _pip_requirements() -> list[str]:
+    pins = []
+    for package in _PYFUNC_REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _pyfunc_signature():
+    """history (list of item ids) -> item_ids/scores lists, with ``k`` as an inference-time param."""
+    from mlflow.models import infer_signature
+
+    return infer_signature(
+        pd.DataFrame({"history": [["item-a", "item-b"]]}),
+        pd.DataFrame({"item_ids": [["item-c"]], "scores": [[1.0]]}),
+        params={"k": 10},
+    )
+
+
+def log_and_register(
+    cfg: AppConfig,
+    bundle: ModelBundle,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    history: list[dict],
+    snapshot_id: str,
+    alias: str | None = "champion",
+) -> RegisteredModel:
+    """Log one MLflow run for a trained bundle and register it under ``cfg.registry.model_name``.
+
+    The run holds ``params``, final ``metrics``, the per-epoch ``history`` as
+    metric steps, tags ``lake.snapshot_id`` and ``code_version``, a training
+    curve PNG and the bundle as a pyfunc model. ``bundle.lineage`` gains the
+    run id and snapshot id before it is saved. ``alias`` (when not None) is
+    moved to the new version.
+    """
+    experiment_id = configure_mlflow(cfg)
+    name = cfg.registry.model_name
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        run_id = run.info.run_id
+        bundle.lineage = {**bundle.lineage, "run_id": run_id, "snapshot_id": snapshot_id}
+        code_version = str(bundle.lineage.get("code_version") or "unknown")
+        mlflow.set_tags(
+            {
+                SNAPSHOT_TAG: snapshot_id,
+                CODE_VERSION_TAG: code_version,
+                "feature_set_version": bundle.feature_set_version,
+                "model_kind": bundle.model_kind,
+            }
+        )
+        mlflow.log_params({key: str(value) for key, value in params.items()})
+        mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()})
+        for n, row in enumerate(history):
+            step = int(row.get("epoch", n))
+            mlflow.log_metrics(
+                {mlflow_metric_name(k): float(v) for k, v in row.items() if k != "epoch"}, step=step
+            )
+        _log_training_curve(history)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = bundle.save(Path(tmp) / BUNDLE_ARTIFACT_KEY)
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_NAME,
+                python_model=BundlePyfunc(),
+                artifacts={BUNDLE_ARTIFACT_KEY: str(folder)},
+                # Explicit pins skip MLflow's slow requirement inference (it loads the model in a subprocess).
+                pip_requirements=_pip_requirements(),
+                signature=_pyfunc_signature(),
+                registered_model_name=name,
+            )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, SNAPSHOT_TAG, snapshot_id)
+    client.set_model_version_tag(name, version, CODE_VERSION_TAG, code_version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return RegisteredModel(name=name, version=version, run_id=run_id, uri=f"models:/{name}/{version}")
+
+
+def _model_version(cfg: AppConfig, alias: str | None, version: str | None, model_uri: str | None):
+    client = mlflow.MlflowClient()
+    name = cfg.registry.model_name
+    if model_uri:
+        match = _MODELS_URI.match(model_uri)
+        if not match:
+            raise ValueError(f"model_uri {model_uri!r} must look like models:/<name>/<version> or models:/<name>@<alias>")
+        name, version, alias = match["name"], match["version"], match["alias"]
+    if version is not None:
+        return client.get_model_version(name, str(version)), None
+    alias = alias or cfg.registry.champion_alias
+    try:
+        return client.get_model_version_by_alias(name, alias), alias
+    except mlflow.exceptions.MlflowException as err:
+        raise LookupError(f"no version of model {name!r} has alias {alias!r}: train and register one first") from err
+
+
+def _info(model_version, alias: str | None) -> dict[str, Any]:
+    return {
+        "name": model_version.name,
+        "version": str(model_version.version),
+        "run_id": model_version.run_id,
+        "alias": alias,
+        "aliases": list(model_version.aliases or []),
+        "snapshot_id": (model_version.tags or {}).get(SNAPSHOT_TAG),
+        "code_version": (model_version.tags or {}).get(CODE_VERSION_TAG),
+        "model_uri": f"models:/{model_version.name}/{model_version.version}",
+        "source": model_version.source,
+    }
+
+
+def get_model_info(cfg: AppConfig, alias: str) -> dict[str, Any]:
+    """Registry facts about the version behind ``alias`` (no download): name, version, run_id, snapshot_id, ..."""
+    configure_mlflow(cfg)
+    model_version, alias = _model_version(cfg, alias, None, None)
+    return _info(model_version, alias)
+
+
+def set_alias(cfg: AppConfig, alias: str, version: str) -> None:
+    """Point ``alias`` of ``cfg.registry.model_name`` at ``version`` (promotion / rollback)."""
+    configure_mlflow(cfg)
+    mlflow.MlflowClient().set_registered_model_alias(cfg.registry.model_name, alias, str(version))
+
+
+def load_bundle(
+    cfg: AppConfig, alias: str | None = None, version: str | None = None, model_uri: str | None = None
+) -> tuple[ModelBundle, dict[str, Any]]:
+    """Download a registered bundle; return it with its model info.
+
+    Precedence: ``model_uri`` (``models:/name/version`` or ``models:/name@alias``),
+    then ``version``, then ``alias`` (default ``cfg.registry.champion_alias``).
+    """
+    configure_mlflow(cfg)
+    model_version, alias = _model_version(cfg, alias, version, model_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_version.name}/{model_version.version}", dst_path=tmp
+        )
+        bundle = ModelBundle.load(Path(local) / "artifacts" / BUNDLE_ARTIFACT_KEY)
+    info = _info(model_version, alias)
+    info["snapshot_id"] = info["snapshot_id"] or bundle.lineage.get("snapshot_id")
+    return bundle, info

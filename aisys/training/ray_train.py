@@ -1,0 +1,190 @@
+"""Ray Train adapter: runs ``aisys.training.loop`` on each worker of a TorchTrainer.
+
+The work is the plain loop; this module only moves data to the workers
+(through the object store), shards it, wraps the model for DDP, and reports
+per-epoch metrics with a checkpoint. Each checkpoint holds the model and
+optimizer state, the epoch, the history so far and the best (by validation
+NDCG@10) weights, so a re-created trainer with the same ``RunConfig(name,
+storage_path)`` resumes where it stopped (``ray.train.get_checkpoint()``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aisys.config import AppConfig
+from aisys.features.sequences import Vocabulary
+from aisys.models.sasrec import SASRec, SASRecConfig, cpu_state_dict
+from aisys.training.loop import evaluate, iterate_batches, seed_everything, train_epoch, training_examples
+from aisys.training.split import EvalSet
+
+_CHECKPOINT_FILE = "train_state.pt"
+SELECT_METRIC = "valid_ndcg@10"
+
+
+@dataclass
+class RayTrainResult:
+    """What a Ray Train run produced, read back from its last checkpoint."""
+
+    state_dict: dict[str, torch.Tensor]  # best weights by validation NDCG@10, no `module.` prefix
+    model_config: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = -1
+    checkpoint_path: str | None = None
+    run_path: str | None = None
+
+
+def _epoch_rows(n_rows: int, rank: int, world: int, seed: int) -> np.ndarray:
+    """This worker's rows for one epoch: a global shuffle, then an equal-sized shard.
+
+    Every worker gets the same number of rows (the remainder is dropped, and a
+    different one each epoch) so DDP workers run the same number of steps and
+    never wait on each other forever.
+    """
+    order = np.random.default_rng(seed).permutation(n_rows)
+    per_worker = n_rows // world if world > 1 else n_rows
+    return order[rank::world][:per_worker]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The function each Ray Train worker runs (see module docstring)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["torch_threads"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(config["seed"])  # same init on every rank; DDP also broadcasts rank 0's weights
+    inputs, targets = ray.get(config["examples"])
+    valid: EvalSet = ray.get(config["valid"])
+    device = ray.train.torch.get_device()
+
+    model = SASRec(SASRecConfig(**config["model_config"]))
+    start_epoch, history, best = 0, [], {"epoch": -1, "metric": -1.0, "state": None}
+    saved_optimizer = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        saved_optimizer = state["optimizer"]
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+
+    model = ray.train.torch.prepare_model(model)  # moves to `device`; DDP when world > 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    if saved_optimizer is not None:
+        optimizer.load_state_dict(saved_optimizer)
+
+    for epoch in range(start_epoch, config["epochs"]):
+        started = time.perf_counter()
+        rows = _epoch_rows(len(inputs), rank, world, config["seed"] + epoch)
+        batches = iterate_batches(inputs[rows], targets[rows], config["batch_size"], seed=config["seed"] + epoch)
+        loss = train_epoch(model, batches, optimizer, device)
+        metrics: dict[str, float] = {"epoch": epoch, "loss": loss, "epoch_s": time.perf_counter() - started}
+        if rank == 0:
+            # Only rank 0 validates: Ray Train keeps rank 0's metrics, and the
+            # other workers would only repeat the same computation.
+            valid_metrics = evaluate(model, valid, config["max_seq_len"], k=10, device=device)
+            metrics.update({f"valid_{k}": v for k, v in valid_metrics.items() if k != "n_users"})
+            history.append(metrics)
+            if metrics[SELECT_METRIC] > best["metric"]:
+                best = {"epoch": epoch, "metric": metrics[SELECT_METRIC], "state": cpu_state_dict(model)}
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(
+                    {
+                        "model": cpu_state_dict(model),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "history": history,
+                        "best": best,
+                        "model_config": config["model_config"],
+                    },
+                    Path(folder) / _CHECKPOINT_FILE,
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def _local_storage(storage_path: str) -> str:
+    return storage_path if "://" in storage_path else str(Path(storage_path).expanduser().resolve())
+
+
+def train_with_ray(
+    cfg: AppConfig,
+    train_histories: dict[str, list[int]],
+    eval_split: EvalSet,
+    vocab: Vocabulary,
+    storage_path: str,
+    run_name: str | None = None,
+) -> RayTrainResult:
+    """Train SASRec with a TorchTrainer as ``cfg.train`` says; return the best weights and history.
+
+    ``eval_split`` is the validation set reported each epoch. Re-running with
+    the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint.
+    """
+    from aisys.runtime import init_ray
+
+    ray = init_ray(cfg)
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if len(eval_split) == 0:
+        raise ValueError("eval_split is empty: no user has the 3 interactions needed for validation")
+    model_config = SASRecConfig.from_app(cfg, vocab.n_items).to_dict()
+    inputs, targets = training_examples(train_histories, cfg.features.max_seq_len)
+    if len(inputs) < cfg.train.num_workers:
+        raise ValueError(
+            f"only {len(inputs)} training windows for train.num_workers={cfg.train.num_workers}: need more events"
+        )
+    loop_config = {
+        "examples": ray.put((inputs, targets)),
+        "valid": ray.put(eval_split),
+        "model_config": model_config,
+        "max_seq_len": cfg.features.max_seq_len,
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "seed": cfg.train.seed,
+        "torch_threads": cfg.train.torch_threads,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name or f"sasrec-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=_local_storage(storage_path),
+            # Each checkpoint carries the best weights so far, so the latest two suffice.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError("Ray Train run reported no checkpoint (train.epochs must be >= 1)")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    best = state["best"]
+    return RayTrainResult(
+        state_dict=best["state"] if best["state"] is not None else state["model"],
+        model_config=state["model_config"],
+        history=state["history"],
+        best_epoch=best["epoch"],
+        checkpoint_path=result.checkpoint.path,
+        run_path=result.path,
+    )

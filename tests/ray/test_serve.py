@@ -1,0 +1,156 @@
+"""The Serve application end to end: registry -> lake snapshot -> Ray Serve -> real HTTP."""
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.json as pajson
+import pytest
+import torch
+
+from aisys.config import AppConfig
+from aisys.data.lake import COUNT_KEYS, Lake, Manifest, new_snapshot_id
+from aisys.data.validate import ValidationRules, validate_events
+from aisys.features.sequences import build_vocabulary
+from aisys.models.bundle import ModelBundle
+from aisys.models.sasrec import SASRec, SASRecConfig
+from aisys.registry.mlflow_registry import RegisteredModel, log_and_register
+from aisys.schemas import EVENT_SCHEMA, schema_hash
+from aisys.serving.app import start_serving, stop_serving
+
+pytestmark = pytest.mark.ray
+
+N_USERS, N_ITEMS, LENGTH = 12, 20, 6
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shop_events() -> pa.Table:
+    """Each user views LENGTH consecutive items of a 20-item catalogue."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = {name: [] for name in EVENT_SCHEMA.names}
+    for u in range(N_USERS):
+        for t in range(LENGTH):
+            item = (u + t) % N_ITEMS
+            rows["event_id"].append(f"e{u}-{t}")
+            rows["user_id"].append(f"user{u}")
+            rows["item_id"].append(f"item{item:02d}")
+            rows["event_type"].append("view")
+            rows["value"].append(1.0)
+            rows["timestamp"].append(t0 + timedelta(minutes=10 * t + u))
+            rows["category"].append(f"c{item % 3}")
+            rows["price"].append(2.0)
+    return pa.Table.from_pydict(rows, schema=EVENT_SCHEMA)
+
+
+def commit_snapshot(cfg: AppConfig, events: pa.Table) -> str:
+    lake = Lake(cfg.paths.lake_uri)
+    snapshot_id = new_snapshot_id()
+    files = lake.write_event_files(events, snapshot_id)
+    counts = dict.fromkeys(COUNT_KEYS, 0) | {
+        "input": events.num_rows, "clean": events.num_rows, "written": events.num_rows, "total_rows": events.num_rows
+    }
+    lake.commit(Manifest(
+        snapshot_id=snapshot_id, parent_id=None, created_at=datetime.now(timezone.utc).isoformat(),
+        source="test_serve", schema_hash=schema_hash(), counts=counts, files=[path for path, _ in files],
+    ))
+    return snapshot_id
+
+
+def register_untrained(cfg: AppConfig, events: pa.Table, snapshot_id: str) -> RegisteredModel:
+    """Register an untrained SASRec over the snapshot's vocabulary (serving does not care how good it is)."""
+    torch.manual_seed(0)
+    vocab = build_vocabulary(events, cfg.features.event_weights)
+    config = SASRecConfig.from_app(cfg, vocab.n_items)
+    bundle = ModelBundle(
+        model_kind="sasrec", model_config=config.to_dict(), item_ids=vocab.item_ids,
+        item_popularity=vocab.item_popularity, state_dict=SASRec(config).state_dict(),
+        item_categories=vocab.item_categories, max_seq_len=cfg.features.max_seq_len, metrics={"hr@10": 0.25},
+    )
+    return log_and_register(cfg, bundle, params={"source": "test_serve"}, metrics={"hr@10": 0.25},
+                            history=[], snapshot_id=snapshot_id)
+
+
+def ids(body: dict) -> list[str]:
+    return [item["item_id"] for item in body["items"]]
+
+
+def test_serve_over_http(ray_session, small_config):
+    cfg = small_config
+    cfg.serve.port = free_port()
+    events = shop_events()
+    snapshot_id = commit_snapshot(cfg, events)
+    registered = register_untrained(cfg, events, snapshot_id)
+
+    url = start_serving(cfg)
+    try:
+        assert url == f"http://127.0.0.1:{cfg.serve.port}"
+        with httpx.Client(base_url=url, timeout=30) as client:
+            health = client.get("/healthz").json()
+            assert health == {"status": "ok", "model_loaded": True, "model_version": registered.version}
+
+            model = client.get("/model").json()
+            assert model["version"] == registered.version and model["alias"] == "champion"
+            assert model["snapshot_id"] == snapshot_id and model["run_id"] == registered.run_id
+            assert model["name"] == cfg.registry.model_name and model["metrics"] == {"hr@10": 0.25}
+
+            # A known user: histories were rebuilt from the lake snapshot, so seen items are excluded.
+            seen = {f"item{(3 + t) % N_ITEMS:02d}" for t in range(LENGTH)}
+            known = client.get("/recommendations/user3", params={"k": 5}).json()
+            assert known["fallback"] is False and known["model_version"] == registered.version
+            assert len(known["items"]) == 5 and seen.isdisjoint(ids(known))
+
+            unknown = client.get("/recommendations/stranger", params={"k": 4}).json()
+            assert unknown["fallback"] is True and unknown["reason"] == "unknown_user"
+            assert len(unknown["items"]) == 4
+
+            # An event changes the very next answer.
+            top = ids(known)[0]
+            posted = client.post("/events", json={"user_id": "user3", "item_id": top, "event_type": "purchase",
+                                                  "event_id": "live-1", "price": 3.5})
+            assert posted.status_code == 202 and posted.json()["accepted"] is True
+            after = client.get("/recommendations/user3", params={"k": 5}).json()
+            assert top not in ids(after) and ids(after) != ids(known)
+            client.post("/events", json={"user_id": "stranger", "item_id": "item07", "event_type": "view"})
+            assert client.get("/recommendations/stranger").json()["fallback"] is False
+
+            # Concurrent requests go through @serve.batch; each gets its own k and the same ranking.
+            users = [f"user{u}" for u in range(N_USERS)]
+            sequential = {u: ids(client.get(f"/recommendations/{u}", params={"k": 5}).json()) for u in users}
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                answers = list(pool.map(
+                    lambda n: client.get(f"/recommendations/{users[n % N_USERS]}", params={"k": 1 + n % 5}),
+                    range(24),
+                ))
+            for n, resp in enumerate(answers):
+                assert resp.status_code == 200
+                assert ids(resp.json()) == sequential[users[n % N_USERS]][: 1 + n % 5]
+
+            # Errors are JSON over the wire, naming the field.
+            bad_k = client.get("/recommendations/user3", params={"k": 0})
+            assert bad_k.status_code == 422
+            assert [f["field"] for f in bad_k.json()["error"]["fields"]] == ["query.k"]
+            bad_type = client.post("/events", json={"user_id": "u", "item_id": "i", "event_type": "like"})
+            assert bad_type.status_code == 422 and bad_type.json()["error"]["fields"][0]["field"] == "body.event_type"
+            missing = client.get("/no/such/route")
+            assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+            # Serve's proxy sets the request id; the body carries it and the header is not doubled.
+            assert missing.headers.get_list("x-request-id") == [missing.json()["request_id"]]
+    finally:
+        stop_serving()
+
+    # The collector wrote what it accepted, in a raw format ingestion validates as clean.
+    files = sorted((Path(cfg.paths.workspace) / "collector").glob("events-*.jsonl"))
+    assert len(files) == 1
+    lines = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert [row["event_id"] for row in lines][0] == "live-1" and len(lines) == 2
+    clean, quarantine = validate_events(pajson.read_json(files[0]), ValidationRules.from_config(cfg.ingest))
+    assert clean.num_rows == 2 and quarantine.num_rows == 0
