@@ -205,8 +205,8 @@ def print_summary(s: dict[str, Any], console) -> None:
     table = Table(title="aisys demo summary", show_header=False)
     table.add_row("raw rows (injected bad / duplicates)", f"{s['raw_rows']:,} ({s['injected_bad_rows']} / {s['injected_duplicates']})")
     table.add_row(
-        "ingested: clean / quarantined / duplicates",
-        f"{c.get('clean', 0):,} / {c.get('quarantined', 0):,} / "
+        "ingested: written / quarantined / duplicates",
+        f"{c.get('written', 0):,} / {c.get('quarantined', 0):,} / "
         f"{c.get('duplicates_in_batch', 0) + c.get('duplicates_in_lake', 0):,}  (snapshot {s['snapshot_id']})",
     )
     table.add_row("offline HR@10 model vs popularity", f"{m.get('hr@10', float('nan')):.4f} vs {p.get('hr@10', float('nan')):.4f}")

@@ -24,11 +24,11 @@ def test_demo_runs_end_to_end_and_summarises(small_config_file: Path):
 
     summary = json.loads((Path(cfg["paths"]["workspace"]) / "demo-summary.json").read_text())
     counts = summary["ingest_counts"]
-    # Every raw row is accounted for: clean + quarantined + duplicates.
+    # Every raw row is accounted for: written + quarantined + duplicates (clean = written + duplicates).
+    dupes = counts["duplicates_in_batch"] + counts["duplicates_in_lake"]
     assert counts["input"] == summary["raw_rows"]
-    assert counts["input"] == (
-        counts["clean"] + counts["quarantined"] + counts["duplicates_in_batch"] + counts["duplicates_in_lake"]
-    )
+    assert counts["input"] == counts["written"] + counts["quarantined"] + dupes
+    assert counts["clean"] == counts["written"] + dupes
     assert counts["quarantined"] == summary["injected_bad_rows"] > 0
     assert counts["duplicates_in_batch"] == summary["injected_duplicates"] > 0
 
