@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def token_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def token_cluster():
     """A real head node on explicit ports with RAY_AUTH_MODE=token, the venv first on PATH."""
     token = secrets.token_hex(16)
     # Ray's unix socket paths must stay under ~107 bytes: pytest's tmp_path is too deep.
@@ -82,7 +82,13 @@ def stop_cluster(ray_tmp: str) -> None:
 
 def submit(url: str, env: dict, *entrypoint: str) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "ray"), "job", "submit", f"--address={url}", "--working-dir", str(REPO), "--", *entrypoint]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    deadline = time.time() + 120
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+        # The dashboard answers before its job agent is up; Ray asks callers to retry.
+        if "No available agent" not in proc.stderr or time.time() > deadline:
+            return proc
+        time.sleep(3)
 
 
 def test_job_api_refuses_requests_without_the_token(token_cluster):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from aisys.config import SimulatorConfig
-from aisys.data.ingest import ingest_files
+from aisys.data.ingest import ingest_files, pick_winners
 from aisys.data.lake import Lake
 from aisys.data.raw_files import BREAKAGES, write_raw_events
 from aisys.data.simulator import simulate_events
+from aisys.data.validate import dedupe_events
+from aisys.schemas import EVENT_SCHEMA, TIMESTAMP_TYPE
 
 pytestmark = pytest.mark.ray
 
@@ -55,3 +62,40 @@ def test_ingest_jsonl_and_csv_reconciles_and_is_idempotent(small_config, ray_ses
     assert again.counts["duplicates_in_lake"] == csv.rows - csv.bad_rows - csv.duplicate_rows
     assert lake.read_events().num_rows == c["written"]
     assert lake.read_events(manifest.snapshot_id).equals(table)
+
+
+def _events(rows: list[tuple[str, str, int]]) -> pa.Table:
+    """(event_id, user_id, seconds after 2026-01-01) -> an EVENT_SCHEMA table."""
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return pa.table({
+        "event_id": [r[0] for r in rows], "user_id": [r[1] for r in rows], "item_id": ["i1"] * len(rows),
+        "event_type": ["view"] * len(rows), "value": [1.0] * len(rows),
+        "timestamp": pa.array([start + timedelta(seconds=r[2]) for r in rows], TIMESTAMP_TYPE),
+        "category": [None] * len(rows), "price": pa.array([None] * len(rows), pa.float64()),
+    }, schema=EVENT_SCHEMA)
+
+
+def test_pick_winners_follows_the_dedupe_rule():
+    rng = np.random.default_rng(3)
+    n = 5000
+    ids = pa.array([f"e{k}" for k in rng.integers(0, 1500, size=n)])
+    ts = pa.array(rng.integers(0, 20, size=n) * 1_000_000, pa.int64()).cast(TIMESTAMP_TYPE)
+    table = pa.table({"event_id": ids, "timestamp": ts, "row": pa.array(np.arange(n))})
+    existing = pa.array([f"e{k}" for k in range(0, 1500, 7)])
+    expected, in_batch, in_lake = dedupe_events(table, existing)
+    winners, got_in_batch, got_in_lake = pick_winners(ids, ts, existing)
+    assert (got_in_batch, got_in_lake) == (in_batch, in_lake)
+    assert winners.tolist() == expected.column("row").to_pylist()
+
+
+def test_ties_go_to_the_earlier_file_and_row(small_config, ray_session, tmp_path):
+    # The tie winners sort last by content: only input order can pick them.
+    first = _events([("a", "u-z-first", 5), ("b", "u-late", 9), ("c", "u-c2", 1), ("c", "u-c1", 1)])
+    second = _events([("a", "u-a-second", 5), ("b", "u-early", 3), ("d", "u-d", 2)])
+    pq.write_table(first, tmp_path / "1.parquet")
+    pq.write_table(second, tmp_path / "2.parquet")
+    manifest = ingest_files(small_config, [str(tmp_path / "1.parquet"), str(tmp_path / "2.parquet")])
+    assert manifest.counts["written"] == 4 and manifest.counts["duplicates_in_batch"] == 3
+    table = Lake(small_config.paths.lake_uri).read_events(manifest.snapshot_id)
+    winner = dict(zip(table.column("event_id").to_pylist(), table.column("user_id").to_pylist()))
+    assert winner == {"a": "u-z-first", "b": "u-early", "c": "u-c2", "d": "u-d"}
