@@ -57,52 +57,53 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
+def _live_event(row: dict[str, Any]) -> dict[str, Any]:
+    """A lake row as the JSON body of ``POST /events``."""
+    event = {key: row[key] for key in ("event_id", "user_id", "item_id", "event_type", "value")}
+    event["timestamp"] = row["timestamp"].isoformat()
+    event.update({key: row[key] for key in ("category", "price") if row.get(key) is not None})
+    return event
+
+
 def replay_live_traffic(base_url: str, live: pa.Table, n_requests: int, k: int = 10) -> dict[str, Any]:
     """Replay live events over HTTP and measure latency, errors, fallbacks and the prequential hit-rate."""
     import httpx
 
     latencies: list[float] = []
-    errors = hits = scored = fallbacks = sent_events = 0
+    counts = {"errors": 0, "fallbacks": 0}
+
+    def recommend(client: httpx.Client, user_id: str) -> dict[str, Any] | None:
+        started = time.perf_counter()
+        resp = client.get(f"/recommendations/{user_id}", params={"k": k})
+        latencies.append(time.perf_counter() - started)
+        if not resp.is_success:
+            counts["errors"] += 1
+            return None
+        body = resp.json()
+        counts["fallbacks"] += bool(body.get("fallback"))
+        return body
+
+    hits = scored = sent_events = 0
     rows = live.to_pylist()
     with httpx.Client(base_url=base_url, timeout=30.0) as client:
         for row in rows:
-            started = time.perf_counter()
-            resp = client.get(f"/recommendations/{row['user_id']}", params={"k": k})
-            latencies.append(time.perf_counter() - started)
-            if not resp.is_success:
-                errors += 1
-            else:
-                body = resp.json()
-                fallbacks += bool(body.get("fallback"))
+            body = recommend(client, row["user_id"])
+            if body is not None:
                 scored += 1
                 hits += row["item_id"] in {it["item_id"] for it in body["items"]}
-            event = {key: row[key] for key in ("event_id", "user_id", "item_id", "event_type", "value")}
-            event["timestamp"] = row["timestamp"].isoformat()
-            if row.get("category") is not None:
-                event["category"] = row["category"]
-            if row.get("price") is not None:
-                event["price"] = row["price"]
-            resp = client.post("/events", json=event)
-            errors += not resp.is_success
+            counts["errors"] += not client.post("/events", json=_live_event(row)).is_success
             sent_events += 1
         # Requests beyond the replay: known users again, and every fifth an unknown visitor (the fallback path).
         users = [r["user_id"] for r in rows] or ["u0"]
         for i in range(n_requests):
-            user = users[i % len(users)] if i % 5 else f"new-visitor-{i}"
-            started = time.perf_counter()
-            resp = client.get(f"/recommendations/{user}", params={"k": k})
-            latencies.append(time.perf_counter() - started)
-            if not resp.is_success:
-                errors += 1
-            else:
-                fallbacks += bool(resp.json().get("fallback"))
+            recommend(client, users[i % len(users)] if i % 5 else f"new-visitor-{i}")
         model = client.get("/model").json()
         health = client.get("/healthz").json()
     return {
         "requests": len(latencies),
         "events_posted": sent_events,
-        "errors": errors,
-        "fallback_responses": fallbacks,
+        "errors": counts["errors"],
+        "fallback_responses": counts["fallbacks"],
         "online_hr@10": hits / scored if scored else float("nan"),
         "model": model,
         "health": health,

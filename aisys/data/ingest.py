@@ -1,16 +1,19 @@
 """Ingest raw event files into the lake with Ray Data.
 
 read (json/jsonl, csv, parquet; mixed ok) -> map_batches(validate, whole blocks)
--> materialize once (blocks stay in the object store, in input order)
--> driver: pull only (event_id, timestamp) of clean rows, pick the global winners
-   (earliest timestamp, ties by input order) and drop ids already in the lake
+-> materialize once (blocks stay in the object store, in input order). A block holds
+   the clean rows, typed, plus one carrier row with its rejected rows (Arrow IPC).
+-> driver: hash the event_id of every clean row to 64 bits (the driver keeps 16 bytes
+   a row: hash, timestamp), re-read the exact ids of the rows whose hash repeats or
+   matches an id in the lake, and pick the global winners among them (earliest
+   timestamp, ties by input order; ids already in the lake dropped)
 -> one write task per group of blocks: keep the winners, write them partitioned by
    event_date, write the quarantine rows
 -> reconcile the counts, check the Parquet footers, commit the manifest.
 
-There is no shuffle: the keys of every clean row (a few bytes each) meet on the
-driver, which is all a global dedupe needs. The rows themselves are read,
-validated and written once, in parallel. Identities checked before commit:
+There is no shuffle: the keys of every clean row meet on the driver, which is all a
+global dedupe needs. The rows themselves are read, validated and written once, in
+parallel. Identities checked before commit:
 
     input == clean + quarantined
     clean == written + duplicates_in_batch + duplicates_in_lake
@@ -26,7 +29,7 @@ import math
 import os
 import time
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,18 +41,20 @@ from aisys.data.validate import ValidationRules, validate_events
 from aisys.runtime import init_ray
 from aisys.schemas import EVENT_COLUMNS, EVENT_SCHEMA, QUARANTINE_SCHEMA, REJECT_REASON_COLUMN, schema_hash
 
-RAW_PREFIX = "raw_"
-# One schema for every block between validation and writing: typed event columns
-# (null for rejected rows), the reason (null for clean rows), the raw text of
-# rejected rows (null for clean rows).
+QUARANTINE_COLUMN = "_quarantine"
+# One schema for every block between validation and writing: the typed event columns
+# of the clean rows, in input order, plus one binary column that is null on them. A
+# block with rejected rows ends with one extra "carrier" row (event columns null) whose
+# binary value is the Arrow IPC stream of all its rejected rows (QUARANTINE_SCHEMA).
+# Rejected rows are ~0.5%: carrying their ten text columns on every clean row (as
+# nulls: offsets + validity) cost ~40 B per row and made 10M validated rows overflow
+# the object store; the carrier costs ~4 B per clean row.
 TAGGED_SCHEMA = pa.schema(
-    [pa.field(f.name, f.type, nullable=True) for f in EVENT_SCHEMA]
-    + [pa.field(REJECT_REASON_COLUMN, pa.string())]
-    + [pa.field(RAW_PREFIX + name, pa.string()) for name in EVENT_COLUMNS]
+    [pa.field(f.name, f.type, nullable=True) for f in EVENT_SCHEMA] + [pa.field(QUARANTINE_COLUMN, pa.binary())]
 )
 STATS_SCHEMA = pa.schema([("kind", pa.string()), ("path", pa.string()), ("rows", pa.int64())])
 # Rows handed to one write task: big enough that files are not tiny, small enough
-# that one task per CPU stays well inside the memory budget (~130 B per tagged row,
+# that one task per CPU stays well inside the memory budget (~80 B per tagged row,
 # a few copies while filtering and writing).
 WRITE_CHUNK_ROWS = 1_000_000
 # Parquet bytes per read task (~2.5M rows of events): a huge single file is still read in parallel.
@@ -99,46 +104,85 @@ def parse_jsonl_lines(batch: pa.Table) -> pa.Table:
 
 def validate_to_tagged(batch: pa.Table, rules: ValidationRules) -> pa.Table:
     """Validate a raw batch and return it as one ``TAGGED_SCHEMA`` table: the clean rows
-    in their original order, then the rejected rows."""
+    in their original order, then (if any row was rejected) one carrier row holding the
+    rejected rows as an Arrow IPC stream."""
     clean, quarantine = validate_events(batch, rules)
-    n_clean, n_bad = clean.num_rows, quarantine.num_rows
+    extra = 1 if quarantine.num_rows else 0
     columns = []
-    for field in TAGGED_SCHEMA:
-        if field.name in EVENT_SCHEMA.names:
-            columns.append(pa.concat_arrays([clean.column(field.name).combine_chunks().cast(field.type),
-                                             pa.nulls(n_bad, field.type)]))
-        elif field.name == REJECT_REASON_COLUMN:
-            columns.append(pa.concat_arrays([pa.nulls(n_clean, pa.string()),
-                                             quarantine.column(REJECT_REASON_COLUMN).combine_chunks()]))
-        else:
-            name = field.name[len(RAW_PREFIX):]
-            columns.append(pa.concat_arrays([pa.nulls(n_clean, pa.string()),
-                                             quarantine.column(name).combine_chunks()]))
-    return pa.Table.from_arrays(columns, schema=TAGGED_SCHEMA)
+    for field in EVENT_SCHEMA:
+        column = clean.column(field.name).combine_chunks().cast(field.type)
+        columns.append(pa.concat_arrays([column, pa.nulls(extra, field.type)]) if extra else column)
+    if extra:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, QUARANTINE_SCHEMA) as writer:
+            writer.write_table(quarantine.cast(QUARANTINE_SCHEMA))
+        carrier = pa.array([None] * clean.num_rows + [sink.getvalue().to_pybytes()], pa.binary())
+    else:
+        carrier = pa.nulls(clean.num_rows, pa.binary())
+    return pa.Table.from_arrays(columns + [carrier], schema=TAGGED_SCHEMA)
 
 
-def _rejected(tagged: pa.Table) -> pa.Array:
-    return pc.is_valid(tagged.column(REJECT_REASON_COLUMN))
+def _is_clean(tagged: pa.Table) -> pa.Array | None:
+    """Mask of the clean rows, or None when every row is clean (the common block)."""
+    column = tagged.column(QUARANTINE_COLUMN)
+    if column.null_count == tagged.num_rows:
+        return None
+    return pc.is_null(column)
+
+
+def quarantine_of(tagged: pa.Table) -> pa.Table:
+    """The rejected rows carried by a tagged block (``QUARANTINE_SCHEMA``), in block order."""
+    column = tagged.column(QUARANTINE_COLUMN)
+    parts = [pa.ipc.open_stream(value.as_buffer()).read_all()
+             for chunk in column.chunks if chunk.null_count < len(chunk)
+             for value in chunk.filter(pc.is_valid(chunk))]
+    return pa.concat_tables(parts) if parts else QUARANTINE_SCHEMA.empty_table()
 
 
 def split_tagged(tagged: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Undo :func:`validate_to_tagged`: ``(clean EVENT_SCHEMA, quarantine QUARANTINE_SCHEMA)``,
     both in block order."""
-    rejected = _rejected(tagged)
-    clean = tagged.filter(pc.invert(rejected)).select(list(EVENT_COLUMNS)).cast(EVENT_SCHEMA)
-    bad = tagged.filter(rejected)
-    quarantine = pa.Table.from_arrays(
-        [bad.column(RAW_PREFIX + name) for name in EVENT_COLUMNS] + [bad.column(REJECT_REASON_COLUMN)],
-        schema=QUARANTINE_SCHEMA,
-    )
-    return clean, quarantine
+    return clean_rows(tagged), quarantine_of(tagged)
 
 
-def clean_keys(tagged: pa.Table) -> pa.Table:
-    """``(event_id, timestamp)`` of a tagged block's clean rows, in block order, as fresh
-    buffers (so the block itself is not kept alive by them)."""
-    keys = tagged.filter(pc.invert(_rejected(tagged))).select(["event_id", "timestamp"])
-    return keys.combine_chunks()
+def clean_rows(tagged: pa.Table) -> pa.Table:
+    """The clean rows of a tagged block as ``EVENT_SCHEMA``, in block order."""
+    mask = _is_clean(tagged)
+    table = tagged if mask is None else tagged.filter(mask)
+    return table.select(list(EVENT_COLUMNS)).cast(EVENT_SCHEMA)
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit FNV-1a hash of every (non-null) string, vectorised over byte positions.
+
+    Only a filter: equal strings get equal hashes; unequal strings almost always get
+    different ones, and callers resolve equal hashes on the exact strings.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        parts = [hash_strings(chunk) for chunk in values.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    values = values.cast(pa.large_string()) if values.type != pa.large_string() else values
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64)[values.offset:values.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    if len(data) == 0:
+        data = np.zeros(1, np.uint8)
+    starts = offsets[:-1]
+    lengths = offsets[1:] - starts
+    h = np.full(n, _FNV_OFFSET, np.uint64) ^ lengths.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(lengths.max()) if n else 0):
+            live = lengths > j
+            byte = data[np.minimum(starts + j, len(data) - 1)].astype(np.uint64)
+            h = np.where(live, (h ^ byte) * _FNV_PRIME, h)
+    return h
 
 
 def pick_winners(event_ids: pa.Array, timestamps: pa.Array,
@@ -348,23 +392,22 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
     tm = time.perf_counter()
     refs = [entry.ref for bundle in materialized.iter_internal_ref_bundles() for entry in bundle.blocks]
 
-    # Keys of the clean rows, block by block: a few bytes per row reach the driver.
-    key_parts, sizes, n_input = [], [], 0
+    # Keys of the clean rows, block by block: 16 bytes per row (a 64-bit hash of the
+    # event_id, the timestamp) reach the driver, not the ids themselves.
+    hashes, stamps, sizes, n_input = [], [], [], 0
     for ref in refs:
         block = ray.get(ref)
-        n_input += block.num_rows
-        keys = clean_keys(block)
-        del block  # releases the object-store pin; keys are fresh buffers
-        key_parts.append(keys)
-        sizes.append(keys.num_rows)
+        clean = clean_rows(block)
+        n_input += clean.num_rows + quarantine_of(block).num_rows
+        hashes.append(hash_strings(clean.column("event_id")))
+        stamps.append(_micros(clean.column("timestamp")))
+        sizes.append(clean.num_rows)
+        del block, clean  # releases the object-store pin
     t1 = time.perf_counter()
-    # One column at a time, so at most one column is held twice while concatenating.
-    ids = pa.concat_arrays([k.column("event_id").combine_chunks() for k in key_parts]) if key_parts else pa.array(
-        [], pa.string())
-    timestamps = pa.chunked_array([k.column("timestamp") for k in key_parts], EVENT_SCHEMA.field("timestamp").type)
-    del key_parts
-    winners, in_batch, in_lake = pick_winners(ids, timestamps, existing if len(existing) else None)
-    del ids, timestamps, existing
+    winners, in_batch, in_lake = pick_winners_hashed(
+        np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+        np.concatenate(stamps) if stamps else np.zeros(0, np.int64), _fetch_ids(ray, refs, sizes), existing)
+    del hashes, stamps, existing
     pa.default_memory_pool().release_unused()  # hand the keys' memory back before the write
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     cut = np.searchsorted(winners, offsets)
@@ -420,6 +463,68 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
     )
     lake.commit(manifest)
     return manifest
+
+
+def _micros(timestamps: pa.ChunkedArray) -> np.ndarray:
+    ts = pc.cast(timestamps, pa.int64())
+    parts = [c.to_numpy(zero_copy_only=False) for c in ts.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def pick_winners_hashed(hashes: np.ndarray, timestamps: np.ndarray, fetch_ids: Callable[[np.ndarray], pa.Array],
+                        existing_ids: pa.Array | None = None,
+                        hash_fn: Callable[[pa.Array], np.ndarray] | None = None) -> tuple[np.ndarray, int, int]:
+    """:func:`pick_winners` from 64-bit id hashes, fetching exact ids only where needed.
+
+    ``hashes``/``timestamps`` (int64 micros) hold one entry per clean row in input order;
+    ``fetch_ids(rows)`` returns the exact event_ids of the sorted positions ``rows``. A
+    row whose hash occurs once and is not the hash of an id in the lake has a unique id
+    that is not in the lake: it wins. Every copy of a repeated id shares its hash, so
+    every row that could lose or be in the lake is a candidate, and :func:`pick_winners`
+    decides among the candidates on their exact ids: hash collisions cost a little
+    work, never a wrong answer.
+    """
+    hash_fn = hash_fn or hash_strings
+    n = len(hashes)
+    if n == 0:
+        return np.zeros(0, np.int64), 0, 0
+    order = np.argsort(hashes)
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    candidate = np.zeros(n, bool)
+    candidate[order[1:][same]] = True
+    candidate[order[:-1][same]] = True
+    del order, same
+    if existing_ids is not None and len(existing_ids):
+        candidate |= np.isin(hashes, hash_fn(existing_ids))
+    else:
+        existing_ids = None
+    rows = np.flatnonzero(candidate)
+    del candidate
+    if len(rows) == 0:
+        return np.arange(n, dtype=np.int64), 0, 0
+    won, in_batch, in_lake = pick_winners(fetch_ids(rows), pa.array(timestamps[rows], pa.int64()), existing_ids)
+    keep = np.ones(n, bool)  # non-candidates all win; candidates where pick_winners chose them
+    keep[rows] = False
+    keep[rows[won]] = True
+    return np.flatnonzero(keep), in_batch, in_lake
+
+
+def _fetch_ids(ray, refs, sizes: Sequence[int]) -> Callable[[np.ndarray], pa.Array]:
+    """``fetch_ids`` for :func:`pick_winners_hashed`: reads the ids again from the blocks."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def fetch(rows: np.ndarray) -> pa.Array:
+        cut = np.searchsorted(rows, offsets)
+        ids = [pa.array([], pa.string())]
+        for i, ref in enumerate(refs):
+            local = rows[cut[i]:cut[i + 1]] - offsets[i]
+            if len(local):
+                block = ray.get(ref)
+                ids.append(clean_rows(block).column("event_id").take(pa.array(local)).combine_chunks())
+                del block
+        return pa.concat_arrays(ids)
+
+    return fetch
 
 
 _REMOTE_WRITE_TASK = None

@@ -10,12 +10,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from aisys.config import SimulatorConfig
-from aisys.data.ingest import ingest_files, pick_winners
+from aisys.config import IngestConfig, SimulatorConfig
+from aisys.data.ingest import (clean_rows, hash_strings, ingest_files, pick_winners, pick_winners_hashed,
+                               quarantine_of, validate_to_tagged)
 from aisys.data.lake import Lake
 from aisys.data.raw_files import BREAKAGES, write_raw_events
 from aisys.data.simulator import simulate_events
-from aisys.data.validate import dedupe_events
+from aisys.data.validate import ValidationRules, dedupe_events, validate_events
 from aisys.schemas import EVENT_SCHEMA, TIMESTAMP_TYPE
 
 pytestmark = pytest.mark.ray
@@ -99,3 +100,55 @@ def test_ties_go_to_the_earlier_file_and_row(small_config, ray_session, tmp_path
     table = Lake(small_config.paths.lake_uri).read_events(manifest.snapshot_id)
     winner = dict(zip(table.column("event_id").to_pylist(), table.column("user_id").to_pylist()))
     assert winner == {"a": "u-z-first", "b": "u-early", "c": "u-c2", "d": "u-d"}
+
+
+def test_hash_strings_is_equal_on_equal_ids_and_spreads_others():
+    ids = pa.chunked_array([pa.array(["e1", "e10", "", "e1", "x" * 40]), pa.array(["e10", "e01"]).slice(0)])
+    h = hash_strings(ids)
+    assert h.dtype == np.uint64 and len(h) == 7
+    assert h[0] == h[3] and h[1] == h[5]
+    assert len(set(h.tolist())) == 5
+    many = hash_strings(pa.array([f"e{k}" for k in range(100_000)]))
+    assert len(np.unique(many)) == 100_000
+    assert (hash_strings(pa.array(["ab", "cd"]).slice(1)) == hash_strings(pa.array(["cd"]))).all()
+
+
+@pytest.mark.parametrize("weak_hash", [False, True])
+def test_pick_winners_hashed_matches_pick_winners(weak_hash):
+    # weak_hash: every id collides with many others, so exactness rests on the fetch.
+    rng = np.random.default_rng(5)
+    n = 4000
+    ids = pa.array([f"e{k}" for k in rng.integers(0, 3000, size=n)])
+    ts = rng.integers(0, 20, size=n).astype(np.int64) * 1_000_000
+    existing = pa.array([f"e{k}" for k in range(0, 3000, 11)])
+    hash_fn = (lambda a: hash_strings(a) % np.uint64(97)) if weak_hash else hash_strings
+    fetched = []
+
+    def fetch(rows):
+        fetched.append(len(rows))
+        return ids.take(pa.array(rows))
+
+    expected = pick_winners(ids, pa.array(ts), existing)
+    got = pick_winners_hashed(hash_fn(ids), ts, fetch, existing, hash_fn=hash_fn)
+    assert got[0].tolist() == expected[0].tolist() and got[1:] == expected[1:]
+    assert fetched and (fetched[0] == n) == weak_hash  # a good hash fetches only candidates
+    unique = pa.array([f"u{k}" for k in range(50)])
+    winners, in_batch, in_lake = pick_winners_hashed(hash_strings(unique), np.zeros(50, np.int64), fetch)
+    assert winners.tolist() == list(range(50)) and (in_batch, in_lake) == (0, 0)
+
+
+def test_tagged_block_round_trips_clean_and_rejected_rows():
+    events = _events([("a", "u1", 1), ("b", "u2", 2), ("c", "u3", 3)])
+    raw = events.cast(pa.schema([pa.field(f.name, pa.string()) for f in EVENT_SCHEMA]))
+    raw = raw.set_column(1, "user_id", pa.array(["u1", "", "u3"]))  # row b: empty user_id
+    rules = ValidationRules.from_config(IngestConfig(), now=datetime(2026, 6, 1, tzinfo=timezone.utc))
+    clean, quarantine = validate_events(raw, rules)
+    tagged = validate_to_tagged(raw, rules)
+    assert tagged.num_rows == clean.num_rows + 1  # one carrier row for all rejected rows
+    assert clean_rows(tagged).equals(clean.cast(EVENT_SCHEMA))
+    assert quarantine_of(tagged).equals(quarantine.cast(quarantine_of(tagged).schema))
+    assert quarantine_of(tagged).num_rows == 1
+    # A block cut in two (as Ray may do) still yields each row once.
+    halves = [tagged.slice(0, 1), tagged.slice(1)]
+    assert sum(clean_rows(h).num_rows for h in halves) == clean.num_rows
+    assert sum(quarantine_of(h).num_rows for h in halves) == 1
