@@ -42,6 +42,11 @@ def token_cluster():
         f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
         "--object-store-memory=400000000", "--disable-usage-stats",
         f"--temp-dir={ray_tmp}",
+        # Explicit ports for the agents too: the test session's own Ray already holds the defaults
+        # (the job agent's 52365 among them), and a job agent that cannot bind never accepts a job.
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]
     started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
