@@ -161,7 +161,7 @@ def _print_manifest(manifest) -> None:
 def _print_training(outcome) -> None:
     from rich.table import Table
 
-    table = Table("model", "HR@10", "NDCG@10", "MRR@10", title=f"test metrics (leave-last-one-out)")
+    table = Table("model", "HR@10", "NDCG@10", "MRR@10", title="test metrics (leave-last-one-out)")
     for name, metrics in (("sasrec", outcome.metrics), ("popularity", outcome.baseline_metrics)):
         table.add_row(name, *(f"{metrics.get(k, float('nan')):.4f}" for k in ("hr@10", "ndcg@10", "mrr@10")))
     console = _console()

@@ -44,8 +44,8 @@ def init_ray(cfg: AppConfig, **extra: Any):
     if address:
         ray.init(address=address, **extra)
     else:
-        # A local, single-user Ray on loopback: token auth protects a shared
-        # cluster; here nobody else can reach the ports (see docs/operations.md).
+        # A private Ray owned by this process tree and torn down with it: token
+        # auth is for shared clusters (`ray start`, KubeRay); see docs/operations.md.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
             num_cpus=cfg.ray.num_cpus,

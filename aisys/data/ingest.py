@@ -39,7 +39,7 @@ from aisys.config import AppConfig
 from aisys.data.lake import Lake, Manifest, new_snapshot_id
 from aisys.data.validate import ValidationRules, validate_events
 from aisys.runtime import init_ray
-from aisys.schemas import EVENT_COLUMNS, EVENT_SCHEMA, QUARANTINE_SCHEMA, REJECT_REASON_COLUMN, schema_hash
+from aisys.schemas import EVENT_COLUMNS, EVENT_SCHEMA, QUARANTINE_SCHEMA, schema_hash
 
 QUARANTINE_COLUMN = "_quarantine"
 # One schema for every block between validation and writing: the typed event columns
