@@ -187,6 +187,87 @@ class ServeConfig(_Section):
         return self
 
 
+class GatewayConfig(_Section):
+    """The API gateway inside the FastAPI ingress: keys and scopes, rate limits, cache, body limits, CORS.
+
+    Owned by ``aisys.gateway``; see docs/gateway.md.
+    """
+
+    auth: bool = Field(True, description="Require an API key on every route except /healthz.")
+    keys_file: str | None = Field(
+        None, description="JSON file of hashed API keys and their scopes; default <workspace>/api-keys.json."
+    )
+    rate_limit_per_s: float = Field(50.0, gt=0, description="Token refill rate per key (requests/second).")
+    rate_limit_burst: int = Field(100, ge=1, description="Token bucket size per key.")
+    storefront_rate_limit_per_s: float = Field(5.0, gt=0, description="Refill rate for storefront-scope keys.")
+    storefront_rate_limit_burst: int = Field(20, ge=1, description="Bucket size for storefront-scope keys.")
+    cache_ttl_s: float = Field(30.0, ge=0, description="Recommendation response cache TTL (0 disables).")
+    cache_max_entries: int = Field(100_000, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger request bodies get 413.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins (none by default).")
+
+
+class OnlineConfig(_Section):
+    """Live session features, business rules, fallback budget and canary (owned by ``aisys.serving``)."""
+
+    session_store: Literal["actor", "memory"] = Field(
+        "actor", description="'actor': one named Ray actor shared by every replica; 'memory': per process."
+    )
+    exclude: Literal["purchased", "seen"] = Field(
+        "purchased", description="Items never recommended again to a user: purchased ones, or everything seen."
+    )
+    latency_budget_ms: float = Field(
+        100.0, gt=0, description="A model call slower than this is answered by the popularity fallback."
+    )
+    follow_alias_every_s: float = Field(
+        10.0, ge=0, description="How often replicas check the registry alias for a new model (0: never)."
+    )
+    canary_share: float = Field(0.0, ge=0, le=1, description="Share of users served by the challenger.")
+    challenger_alias: str = "challenger"
+
+
+class TuneConfig(_Section):
+    """A Ray Tune ASHA sweep over the sequential model (owned by ``aisys.tuning``)."""
+
+    num_samples: int = Field(8, ge=1, description="Trials in the sweep.")
+    max_concurrent: int = Field(2, ge=1)
+    max_epochs: int = Field(30, ge=1, description="Epoch budget per trial (ASHA's max_t).")
+    grace_period: int = Field(3, ge=1, description="Epochs before ASHA may stop a trial.")
+    metric: str = Field("ndcg@10", description="Validation metric the sweep maximises.")
+    seed: int = 0
+
+
+class GateConfig(_Section):
+    """The promotion gate: a candidate beats the champion by a margin and passes the guardrails."""
+
+    metric: str = Field("ndcg@10", description="Primary metric compared on the same holdout.")
+    min_improvement: float = Field(0.0, description="Relative margin over the champion (0.01 = +1%).")
+    min_coverage: float = Field(0.05, ge=0, le=1, description="Lowest catalogue coverage@10 allowed.")
+    max_popularity_ratio: float = Field(
+        1.5, gt=0, description="Highest mean popularity of recommendations, relative to the champion's."
+    )
+    segment_tolerance: float = Field(
+        0.10, ge=0, description="No segment may be worse than the champion's by more than this (relative)."
+    )
+    min_segment_users: int = Field(20, ge=1, description="Segments smaller than this are not judged.")
+
+
+class MonitorConfig(_Section):
+    """The drift monitor actor and the retrain policy (owned by ``aisys.monitoring``)."""
+
+    window_events: int = Field(5000, ge=10, description="Sliding window of live events compared to the reference.")
+    check_every_events: int = Field(500, ge=1, description="Fast drift statistics every N events.")
+    report_every_s: float = Field(3600.0, gt=0, description="Evidently report at least this often.")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI above this counts as drift.")
+    drift_consecutive_checks: int = Field(3, ge=1, description="Checks in a row above threshold to trigger.")
+    hit_rate_horizon_events: int = Field(5, ge=1, description="A list is a hit if the user interacts with it within N events.")
+    hit_rate_drop: float = Field(0.2, ge=0, le=1, description="Relative online hit-rate drop that triggers.")
+    min_new_events: int = Field(50_000, ge=1, description="New lake events that trigger a retrain by themselves.")
+    cooldown_s: float = Field(6 * 3600.0, ge=0, description="Least time between two retrains.")
+    max_retrains_per_day: int = Field(4, ge=0)
+    train_window_days: int | None = Field(None, ge=1, description="Train on the last N days of the snapshot (None: all).")
+
+
 class DemoConfig(_Section):
     n_events: int = Field(300, ge=0, description="Live events the demo posts over HTTP.")
     n_requests: int = Field(300, ge=1, description="Recommendation requests the demo sends after the live replay (every fifth for an unknown visitor).")
@@ -206,6 +287,11 @@ class AppConfig(_Section):
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    online: OnlineConfig = OnlineConfig()
+    tune: TuneConfig = TuneConfig()
+    gate: GateConfig = GateConfig()
+    monitor: MonitorConfig = MonitorConfig()
     demo: DemoConfig = DemoConfig()
 
     @model_validator(mode="after")
