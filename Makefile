@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: venv demo test test-unit test-fast lock bench-ingest clean
+.PHONY: venv system-deps demo test test-unit test-fast lock bench-ingest clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check "pip==26.3"
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
 	@touch $(STAMP)
+
+## Debian packages the integration tests drive (postgresql, prometheus, chromium); needs root or sudo.
+system-deps:
+	bash scripts/install-system-deps.sh
 
 ## Run the whole pipeline end to end on the embedded defaults.
 demo: $(STAMP)

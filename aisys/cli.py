@@ -113,16 +113,64 @@ def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     from aisys.runtime import init_ray
     from aisys.serving.app import start_serving, stop_serving
 
+    console = _console()
+    if cfg.gateway.auth:
+        from aisys.gateway.keys import dev_keys_path, ensure_dev_keys
+
+        if ensure_dev_keys(cfg):
+            console.print(f"created local dev API keys (admin + storefront) in {dev_keys_path(cfg)}")
     init_ray(cfg)
     url = start_serving(cfg)
-    _console().print(f"serving on [bold]{url}[/] (Ctrl-C to stop)")
+    console.print(f"serving on [bold]{url}[/] (Ctrl-C to stop): shop {url}/shop, operator view {url}/ops, "
+                  f"API docs {url}/docs")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        stop_serving()
+        stop_serving(cfg)
+    return 0
+
+
+def cmd_retrain(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Retrain on the latest snapshot (or --snapshot), gate against the champion, promote if it passes."""
+    from aisys.loop.retrain import retrain
+    from aisys.runtime import init_ray
+
+    init_ray(cfg)
+    outcome = retrain(cfg, snapshot_id=args.snapshot, reason=args.reason or "manual retrain", trigger="manual")
+    console = _console()
+    for key, value in outcome.to_dict().items():
+        console.print(f"{key}: {value}")
+    return 0 if outcome.promoted else 3
+
+
+def cmd_evaluate(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Evaluate a model on MovieLens-100K under the offline protocol and export its top-100 lists."""
+    from rich.table import Table
+
+    from aisys.evaluation.runner import evaluate_model, load_movielens_interactions, ml100k_config, write_export
+
+    if args.dataset != "ml-100k":
+        raise ValueError(f"--dataset {args.dataset!r} is not supported; use ml-100k")
+    # The tuned ML-100K settings sit beneath the user's own --set overrides.
+    cfg = ml100k_config(args.config, args.overrides, args.split)
+    console = _console()
+    data, _ = load_movielens_interactions(cfg)
+    with console.status(f"evaluating {args.model} on the {args.split} split ..."):
+        result = evaluate_model(args.model, data, args.split, cfg, seed=args.seed, log=console.log)
+    path = write_export(result, data.item_ids, args.export)
+
+    columns = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10", "n_users")
+    table = Table("task", *(c.upper() if "@" in c else c for c in columns),
+                  title=f"{args.model} on ml-100k ({args.split} split, seed {args.seed})")
+    for task, metrics in (("valid", result.valid_metrics), ("test", result.test_metrics)):
+        table.add_row(task, *(f"{metrics.get(c, float('nan')):.4f}" if c != "n_users" else f"{metrics[c]:.0f}"
+                              for c in columns))
+    console.print(table)
+    console.print(f"settings {result.settings}")
+    console.print(f"refit {result.train_seconds:.1f}s (tuning {result.tune_seconds:.1f}s); top-100 lists -> {path}")
     return 0
 
 
@@ -178,6 +226,8 @@ VERBS: dict[str, tuple[Callable[[AppConfig, argparse.Namespace], int], str]] = {
     "snapshots": (cmd_snapshots, "list lake snapshots"),
     "train": (cmd_train, "train on a lake snapshot (Ray Train), evaluate, register in MLflow"),
     "serve": (cmd_serve, "serve the champion model over HTTP (Ray Serve)"),
+    "evaluate": (cmd_evaluate, "evaluate a model on MovieLens-100K (offline protocol) and export top-100 lists"),
+    "retrain": (cmd_retrain, "retrain, gate against the champion, and promote if the gate passes"),
     "demo": (cmd_demo, "run everything end to end on the embedded defaults"),
 }
 
@@ -197,8 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "ingest":
             p.add_argument("paths", nargs="*", help="event files (JSONL, CSV, Parquet); default: data.raw_dir/*")
             p.add_argument("--source", default=None, help="source name recorded in the manifest")
-        elif name == "train":
+        elif name == "evaluate":
+            p.add_argument("--dataset", default="ml-100k", choices=["ml-100k"], help="the dataset")
+            p.add_argument("--split", default="loo", choices=["loo", "temporal"], help="leave-last-one-out or temporal")
+            p.add_argument("--model", default="sasrec", choices=["sasrec", "pop", "itemknn", "ease", "bpr", "sasrec+ease"])
+            p.add_argument("--export", required=True, type=Path, help="Parquet file for the test top-100 lists")
+            p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and sampling")
+        elif name in ("train", "retrain"):
             p.add_argument("--snapshot", default=None, help="lake snapshot id (default: latest)")
+            if name == "retrain":
+                p.add_argument("--reason", default=None, help="why (recorded in MLflow)")
+    from aisys.gateway.cli_verbs import register as register_keys
+    from aisys.registry.cli_verbs import register as register_registry
+
+    register_registry(sub, _common)  # tune, promote, rollback
+    register_keys(sub, _common)  # keys create|list|revoke
     return parser
 
 

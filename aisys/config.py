@@ -46,6 +46,14 @@ class PathsConfig(_Section):
         None, description="Artifact root for new MLflow experiments (path or s3://); default <workspace>/mlartifacts."
     )
     cache_dir: str | None = Field(None, description="Download cache (MovieLens wheel); default <workspace>/cache.")
+    s3_endpoint_url: str | None = Field(
+        None,
+        description=(
+            "S3-compatible endpoint for s3:// stores (MinIO, Ceph, moto: 'http://host:9000'); None = AWS. "
+            "pyarrow ignores AWS_ENDPOINT_URL, so the lake needs it here; MLflow gets it as MLFLOW_S3_ENDPOINT_URL."
+        ),
+    )
+    s3_region: str | None = Field(None, description="Region of the s3:// bucket(s); None = the AWS SDK's default chain.")
 
     @model_validator(mode="after")
     def _derive_and_absolutise(self) -> "PathsConfig":
@@ -59,6 +67,16 @@ class PathsConfig(_Section):
         }
         for key, value in values.items():
             object.__setattr__(self, key, value)  # bypass validate_assignment: no recursion
+        if self.s3_endpoint_url is not None:
+            # pyarrow needs the scheme and host:port apart (endpoint_override + scheme): no path allowed.
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.s3_endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+                raise ValueError(
+                    "paths.s3_endpoint_url must look like http://host:port or https://host (no path); "
+                    f"got {self.s3_endpoint_url!r}"
+                )
         return self
 
 
@@ -161,6 +179,16 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 42
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads in each worker.")
+    loss_horizon: int = Field(
+        1, ge=1, description="Each position also predicts the items up to N steps ahead (1: next item only)."
+    )
+    loss_horizon_weight: float = Field(0.0, ge=0, description="Weight of the 2..loss_horizon-ahead cross-entropy.")
+    bucket_by_length: bool = Field(
+        True, description="Batch windows of similar length and trim their padding (same examples, less work)."
+    )
+    eval_every: int = Field(
+        1, ge=1, description="Validate every N epochs (and after the last) to pick the best epoch; 3 on ML-100K."
+    )
     experiment: str = Field("aisys", description="MLflow experiment name.")
 
 
@@ -179,11 +207,21 @@ class ServeConfig(_Section):
     max_k: int = Field(100, ge=1)
     model_uri: str | None = Field(None, description="Override the registry alias (models:/name/version).")
     access_log: bool = Field(True, description="Serve's per-request access log lines.")
+    mlflow_ui_url: str | None = Field(None, description="Link to the MLflow UI shown in the operator view.")
+    ray_dashboard_url: str | None = Field(None, description="Link to the Ray dashboard shown in the operator view.")
+    autoscaling: bool = Field(False, description="Autoscale replicas (min/max_replicas) instead of num_replicas.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
+    max_replicas: int = Field(2, ge=1, description="Autoscaling: most replicas.")
+    target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica to aim for.")
 
     @model_validator(mode="after")
     def _k_bounds(self) -> "ServeConfig":
         if self.default_k > self.max_k:
             raise ValueError(f"serve.default_k ({self.default_k}) must not exceed serve.max_k ({self.max_k})")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"serve.min_replicas ({self.min_replicas}) must not exceed serve.max_replicas ({self.max_replicas})"
+            )
         return self
 
 
@@ -201,10 +239,32 @@ class GatewayConfig(_Section):
     rate_limit_burst: int = Field(100, ge=1, description="Token bucket size per key.")
     storefront_rate_limit_per_s: float = Field(5.0, gt=0, description="Refill rate for storefront-scope keys.")
     storefront_rate_limit_burst: int = Field(20, ge=1, description="Bucket size for storefront-scope keys.")
+    rate_limit_backend: Literal["actor", "memory"] = Field(
+        "actor", description="'actor': one named Ray actor shared by every replica; 'memory': per process."
+    )
+    rate_limit_actor_name: str = Field("aisys-rate-limiter", min_length=1, description="Name of the shared limiter actor.")
+    rate_limit_namespace: str = Field("aisys", min_length=1, description="Ray namespace of the shared limiter actor.")
+    rate_limit_timeout_s: float = Field(1.0, gt=0, description="Longest wait for the limiter actor per request.")
+    rate_limit_fail_open: bool = Field(
+        True, description="Serve requests (true) or answer 503 (false) while the limiter actor is unreachable."
+    )
+    keys_reload_s: float = Field(1.0, ge=0, description="How often a server re-checks the key file (revocations).")
     cache_ttl_s: float = Field(30.0, ge=0, description="Recommendation response cache TTL (0 disables).")
     cache_max_entries: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger request bodies get 413.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins (none by default).")
+
+    @model_validator(mode="after")
+    def _origins_are_origins(self) -> "GatewayConfig":
+        # CORS is restricted: exact origins only; '*' would let any site call the API.
+        for origin in self.cors_origins:
+            scheme, sep, rest = origin.partition("://")
+            if origin == "*" or not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(
+                    f"gateway.cors_origins entry {origin!r} must be an exact origin such as "
+                    "'https://shop.example.com' or 'http://localhost:3000' (no '*', no path)"
+                )
+        return self
 
 
 class OnlineConfig(_Section):
@@ -224,6 +284,25 @@ class OnlineConfig(_Section):
     )
     canary_share: float = Field(0.0, ge=0, le=1, description="Share of users served by the challenger.")
     challenger_alias: str = "challenger"
+    max_history: int = Field(
+        200, ge=1, description="Recent items kept per user in the session store (the model sees the last max_seq_len)."
+    )
+    stock_file: str | None = Field(
+        None, description="JSON file of out-of-stock items shared by replicas; default <workspace>/online/stock.json."
+    )
+    retrieval: Literal["exact", "ivf_flat"] = Field(
+        "ivf_flat",
+        description=(
+            "Top-k over the catalogue: 'exact' scores every item; 'ivf_flat' answers through a Faiss IVF-Flat "
+            "index over the item embeddings once the catalogue has retrieval_min_items items (docs/retrieval.md)."
+        ),
+    )
+    retrieval_min_items: int = Field(
+        100_000, ge=1, description="Smallest catalogue served through the ANN index; smaller ones are scored exactly."
+    )
+    nprobe: int = Field(
+        64, ge=1, description="IVF lists scanned per query (recall 0.995 at 1M items, ~1 ms; docs/retrieval.md)."
+    )
 
 
 class TuneConfig(_Section):
@@ -232,9 +311,34 @@ class TuneConfig(_Section):
     num_samples: int = Field(8, ge=1, description="Trials in the sweep.")
     max_concurrent: int = Field(2, ge=1)
     max_epochs: int = Field(30, ge=1, description="Epoch budget per trial (ASHA's max_t).")
-    grace_period: int = Field(3, ge=1, description="Epochs before ASHA may stop a trial.")
+    grace_period: int = Field(3, ge=1, description="Epochs before ASHA may stop a trial (capped at max_epochs).")
     metric: str = Field("ndcg@10", description="Validation metric the sweep maximises.")
     seed: int = 0
+    cpus_per_trial: float = Field(
+        0.5, gt=0, description="Ray CPUs per trial (fractional: max_concurrent single-threaded trials share the cores)."
+    )
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor of trials at each rung.")
+    # The search space: a trial draws one value from each list (random search), dropout uniformly from
+    # [min, max] and lr log-uniformly from [min, max].
+    embedding_dim: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    n_layers: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    n_heads: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    max_seq_len: list[int] = Field(default_factory=lambda: [20, 50], min_length=1)
+    dropout: tuple[float, float] = Field((0.0, 0.5), description="Uniform range [min, max].")
+    lr: tuple[float, float] = Field((3e-4, 1e-2), description="Log-uniform range [min, max].")
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> "TuneConfig":
+        bad = [(d, h) for d in self.embedding_dim for h in self.n_heads if d % h]
+        if bad:
+            raise ValueError(f"tune.embedding_dim values must be divisible by every tune.n_heads value; not {bad}")
+        if any(v < 1 for v in self.embedding_dim + self.n_layers + self.n_heads + self.max_seq_len):
+            raise ValueError("tune.embedding_dim, n_layers, n_heads and max_seq_len values must be >= 1")
+        if not (0 <= self.dropout[0] <= self.dropout[1] < 1):
+            raise ValueError(f"tune.dropout must be [min, max] with 0 <= min <= max < 1, got {list(self.dropout)}")
+        if not (0 < self.lr[0] <= self.lr[1]):
+            raise ValueError(f"tune.lr must be [min, max] with 0 < min <= max, got {list(self.lr)}")
+        return self
 
 
 class GateConfig(_Section):
@@ -255,6 +359,9 @@ class GateConfig(_Section):
 class MonitorConfig(_Section):
     """The drift monitor actor and the retrain policy (owned by ``aisys.monitoring``)."""
 
+    enabled: bool = Field(
+        True, description="Serving replicas forward live events and served lists to the monitor actor."
+    )
     window_events: int = Field(5000, ge=10, description="Sliding window of live events compared to the reference.")
     check_every_events: int = Field(500, ge=1, description="Fast drift statistics every N events.")
     report_every_s: float = Field(3600.0, gt=0, description="Evidently report at least this often.")
@@ -266,6 +373,12 @@ class MonitorConfig(_Section):
     cooldown_s: float = Field(6 * 3600.0, ge=0, description="Least time between two retrains.")
     max_retrains_per_day: int = Field(4, ge=0)
     train_window_days: int | None = Field(None, ge=1, description="Train on the last N days of the snapshot (None: all).")
+    profile_bins: int = Field(10, ge=2, description="Quantile bins per numeric feature in the reference profile.")
+    report_on_drift: bool = Field(True, description="Write an Evidently report when a check first sees drift.")
+    hit_rate_min_lists: int = Field(
+        200, ge=1, description="Judged lists a model version needs before its hit-rate baseline is set and compared."
+    )
+    hit_rate_window_lists: int = Field(1000, ge=1, description="Recent judged lists the online hit-rate is taken over.")
 
 
 class DemoConfig(_Section):

@@ -65,8 +65,13 @@ def _live_event(row: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def replay_live_traffic(base_url: str, live: pa.Table, n_requests: int, k: int = 10) -> dict[str, Any]:
-    """Replay live events over HTTP and measure latency, errors, fallbacks and the prequential hit-rate."""
+def replay_live_traffic(
+    base_url: str, live: pa.Table, n_requests: int, k: int = 10, api_key: str | None = None
+) -> dict[str, Any]:
+    """Replay live events over HTTP and measure latency, errors, fallbacks and the prequential hit-rate.
+
+    ``api_key`` is sent as ``X-API-Key`` (the gateway's admin or a recommend+events key).
+    """
     import httpx
 
     latencies: list[float] = []
@@ -85,7 +90,8 @@ def replay_live_traffic(base_url: str, live: pa.Table, n_requests: int, k: int =
 
     hits = scored = sent_events = 0
     rows = live.to_pylist()
-    with httpx.Client(base_url=base_url, timeout=30.0) as client:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    with httpx.Client(base_url=base_url, timeout=30.0, headers=headers) as client:
         for row in rows:
             body = recommend(client, row["user_id"])
             if body is not None:
@@ -109,6 +115,21 @@ def replay_live_traffic(base_url: str, live: pa.Table, n_requests: int, k: int =
         "health": health,
         **latency_percentiles(latencies),
     }
+
+
+def _demo_api_key(cfg: AppConfig) -> str | None:
+    """The local dev admin key (created on first use), or None when the gateway's auth is off."""
+    if not cfg.gateway.auth:
+        return None
+    from aisys.gateway import ensure_dev_keys, read_dev_keys
+
+    keys = ensure_dev_keys(cfg) or read_dev_keys(cfg)
+    if "dev-admin" not in keys:
+        raise RuntimeError(
+            f"the workspace {cfg.paths.workspace} has API keys but no local dev keys file: "
+            "run the demo in a fresh workspace, or set gateway.auth=false for a local run"
+        )
+    return keys["dev-admin"]
 
 
 def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
@@ -157,6 +178,7 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
         cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"port": port})})
     # The demo prints its own summary: per-request access lines would bury it.
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
+    api_key = _demo_api_key(cfg)
     t0 = time.perf_counter()
     with console.status("4/5 starting Ray Serve ..."):
         base_url = start_serving(cfg)
@@ -165,10 +187,10 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         with console.status(f"5/5 live traffic: {live.num_rows} events + requests over HTTP ..."):
-            traffic = replay_live_traffic(base_url, live, cfg.demo.n_requests)
+            traffic = replay_live_traffic(base_url, live, cfg.demo.n_requests, api_key=api_key)
         step("live traffic", t0)
     finally:
-        stop_serving()
+        stop_serving(cfg)
         import ray
 
         ray.shutdown()
@@ -182,7 +204,7 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
         "injected_duplicates": raw.duplicate_rows,
         "snapshot_id": manifest.snapshot_id,
         "ingest_counts": dict(c),
-        "lake_snapshots": len(Lake(cfg.paths.lake_uri).list_snapshots()),
+        "lake_snapshots": len(Lake.from_config(cfg.paths).list_snapshots()),
         "offline_model": outcome.metrics,
         "offline_popularity": outcome.baseline_metrics,
         "model_name": outcome.model_name,

@@ -64,7 +64,7 @@ def train_from_lake(cfg: AppConfig, snapshot_id: str | None = None):
     from aisys.runtime import init_ray
     from aisys.training.pipeline import train_and_register
 
-    lake = Lake(cfg.paths.lake_uri)
+    lake = Lake.from_config(cfg.paths)
     manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()
     if manifest is None:
         raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot yet: run `aisys ingest` first")

@@ -225,14 +225,14 @@ def pick_winners(event_ids: pa.Array, timestamps: pa.Array,
     return winners, n_in_batch, n_in_lake
 
 
-def write_blocks(blocks: Sequence[pa.Table], keeps: Sequence[np.ndarray], lake_uri: str,
+def write_blocks(blocks: Sequence[pa.Table], keeps: Sequence[np.ndarray], lake: "Lake | str",
                  snapshot_id: str) -> pa.Table:
     """Write a group of tagged blocks: of each block's clean rows only the positions in
     ``keeps`` (the winners), partitioned by event_date; all its quarantine rows.
 
     Returns ``STATS_SCHEMA`` rows, one per file written.
     """
-    lake = Lake(lake_uri)
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
     kept, rejected = [], []
     for block, keep in zip(blocks, keeps):
         clean, quarantine = split_tagged(block)
@@ -371,8 +371,7 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
     paths = [str(p) for p in paths]
     ray = init_ray(cfg)
 
-    lake_uri = cfg.paths.lake_uri  # absolute already (config resolves local paths)
-    lake = Lake(lake_uri)
+    lake = Lake.from_config(cfg.paths)  # with the S3 endpoint, when one is set
     rules = ValidationRules.from_config(cfg.ingest, now=datetime.now(timezone.utc))
     parent = lake.latest()
     existing = lake.existing_event_ids()
@@ -423,7 +422,7 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
         if len(pending) >= cpus:
             done, pending = ray.wait(pending, num_returns=1)
             results += ray.get(done)
-        pending.append(write.remote(lake_uri, snapshot_id, [keeps[i] for i in group], *[refs[i] for i in group]))
+        pending.append(write.remote(lake, snapshot_id, [keeps[i] for i in group], *[refs[i] for i in group]))
     results += ray.get(pending)
     del materialized, refs
     t3 = time.perf_counter()
@@ -539,6 +538,6 @@ def _remote_write_task(ray):
     return _REMOTE_WRITE_TASK
 
 
-def _write_task(lake_uri: str, snapshot_id: str, keeps: list[np.ndarray], *blocks: pa.Table) -> pa.Table:
+def _write_task(lake: Lake, snapshot_id: str, keeps: list[np.ndarray], *blocks: pa.Table) -> pa.Table:
     """Ray task body: blocks arrive as arguments (resolved from the object store)."""
-    return write_blocks(blocks, keeps, lake_uri, snapshot_id)
+    return write_blocks(blocks, keeps, lake, snapshot_id)

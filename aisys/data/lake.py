@@ -20,6 +20,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +30,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aisys.schemas import EVENT_COLUMNS, LAKE_SCHEMA, PARTITION_COLUMN, QUARANTINE_SCHEMA
+
+if TYPE_CHECKING:
+    from aisys.config import PathsConfig
 
 COUNT_KEYS = ("input", "clean", "quarantined", "duplicates_in_batch", "duplicates_in_lake", "written", "total_rows")
 _PARTITIONING = ds.partitioning(pa.schema([pa.field(PARTITION_COLUMN, pa.string())]), flavor="hive")
@@ -69,18 +74,50 @@ def add_event_date(table: pa.Table) -> pa.Table:
     return table.append_column(PARTITION_COLUMN, dates)
 
 
-class Lake:
-    """A versioned events table under ``uri`` (a local path, ``file://`` or ``s3://`` URI)."""
+def lake_filesystem(uri: str, s3_endpoint_url: str | None = None,
+                    s3_region: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and root path for a lake ``uri``.
 
-    def __init__(self, uri: str):
+    ``s3://`` with ``s3_endpoint_url`` (``http://host:port``) builds an ``S3FileSystem`` with
+    ``endpoint_override`` and ``scheme`` set explicitly: pyarrow ignores ``AWS_ENDPOINT_URL``,
+    so without this an S3-compatible store (MinIO, moto) would be looked up on AWS. Credentials
+    come from the usual AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profile, role).
+    Other URIs go to ``FileSystem.from_uri``; a plain path is a local folder.
+    """
+    if uri.startswith("s3://") and (s3_endpoint_url or s3_region):
+        bucket_and_key = uri[len("s3://"):].split("?", 1)[0]
+        options: dict = {"region": s3_region} if s3_region else {}
+        if s3_endpoint_url:
+            parts = urlsplit(s3_endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"s3_endpoint_url must look like http://host:port; got {s3_endpoint_url!r}")
+            options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
+        return pafs.S3FileSystem(**options), bucket_and_key
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+class Lake:
+    """A versioned events table under ``uri`` (a local path, ``file://`` or ``s3://`` URI).
+
+    ``s3_endpoint_url``/``s3_region`` reach an S3-compatible store (see :func:`lake_filesystem`);
+    :meth:`from_config` takes all three from ``cfg.paths``. A Lake pickles (Ray tasks can take one).
+    """
+
+    def __init__(self, uri: str, *, s3_endpoint_url: str | None = None, s3_region: str | None = None):
         self.uri = uri
-        if "://" in uri:
-            self.fs, root = pafs.FileSystem.from_uri(uri)
-        else:
-            self.fs, root = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        self.s3_endpoint_url = s3_endpoint_url
+        self.s3_region = s3_region
+        self.fs, root = lake_filesystem(uri, s3_endpoint_url, s3_region)
         self.root = root.rstrip("/")
         self.events_root = f"{self.root}/events"
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    @classmethod
+    def from_config(cls, paths: "PathsConfig") -> "Lake":
+        """The lake of ``cfg.paths``: ``lake_uri`` with its S3 endpoint and region."""
+        return cls(paths.lake_uri, s3_endpoint_url=paths.s3_endpoint_url, s3_region=paths.s3_region)
 
     # --- paths ---------------------------------------------------------------------
     def data_dir(self, snapshot_id: str) -> str:

@@ -171,3 +171,44 @@ def load_movielens(cfg: MovieLensConfig, cache_dir: str | Path) -> pa.Table:
     if (folder / "ml-100k.inter").exists():
         return read_recbole_inter(folder)
     raise FileNotFoundError(f"{folder} holds neither u.data (GroupLens) nor ml-100k.inter (RecBole)")
+
+
+USER_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("gender", pa.string()), ("age", pa.int64()), ("occupation", pa.string())]
+)
+
+
+def read_users(folder: str | Path) -> pa.Table:
+    """User demographics (``user_id, gender, age, occupation``) from GroupLens ``u.user``
+    (``id|age|gender|occupation|zip``) or RecBole's ``ml-100k.user`` (``name:type`` header)."""
+    folder = Path(folder)
+    grouplens, recbole = folder / "u.user", folder / "ml-100k.user"
+    if grouplens.exists():
+        raw = _read_delimited(grouplens, "|", ["user_id", "age", "gender", "occupation", "zip_code"], "latin-1")
+        columns = {name: raw.column(name) for name in USER_SCHEMA.names}
+    elif recbole.exists():
+        raw = _read_delimited(recbole, "\t", None)
+        columns = {name: _recbole_column(raw, name, recbole) for name in USER_SCHEMA.names}
+    else:
+        raise FileNotFoundError(f"{folder} holds neither u.user (GroupLens) nor ml-100k.user (RecBole)")
+    return pa.Table.from_arrays(
+        [pc.cast(columns[f.name], f.type) for f in USER_SCHEMA], schema=USER_SCHEMA
+    )
+
+
+def read_item_ids(folder: str | Path) -> list[str]:
+    """Every item id of the catalogue, in file order, from ``u.item`` or ``ml-100k.item``."""
+    folder = Path(folder)
+    grouplens, recbole = folder / "u.item", folder / "ml-100k.item"
+    if grouplens.exists():
+        lines = grouplens.read_text(encoding="latin-1").splitlines()
+        return [line.split("|", 1)[0].strip() for line in lines if line.strip()]
+    if recbole.exists():
+        items = _read_delimited(recbole, "\t", None)
+        return _recbole_column(items, "item_id", recbole).cast(pa.string()).to_pylist()
+    raise FileNotFoundError(f"{folder} holds neither u.item (GroupLens) nor ml-100k.item (RecBole)")
+
+
+def movielens_folder(cfg: MovieLensConfig, cache_dir: str | Path) -> Path:
+    """The folder holding the ml-100k files: ``cfg.path`` if set, else the cache (downloading once)."""
+    return Path(cfg.path) if cfg.path else ensure_movielens(cache_dir, cfg.recbole_version)

@@ -15,6 +15,7 @@ MLflow metric names may not contain ``@``: ``hr@10`` is logged as ``hr_at_10``.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -114,6 +115,9 @@ def configure_mlflow(cfg: AppConfig) -> str:
     ``file://`` URI).
     """
     tracking_uri = cfg.paths.mlflow_tracking_uri
+    if cfg.paths.s3_endpoint_url:
+        # MLflow's S3 artifact client (boto3) takes a custom endpoint (MinIO, moto) only from this variable.
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = cfg.paths.s3_endpoint_url
     _ensure_sqlite_folder(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

@@ -79,6 +79,7 @@ class ScoredItemOut(BaseModel):
     item_id: str
     score: float
     category: str | None = None
+    reason: str | None = Field(None, description="Why: 'because you viewed <item>' or 'popular now'.")
 
 
 class RecommendationsOut(BaseModel):
@@ -88,8 +89,33 @@ class RecommendationsOut(BaseModel):
     k: int
     items: list[ScoredItemOut]
     fallback: bool = Field(..., description="True when popularity was served instead of the model.")
-    reason: str | None = Field(None, description="Why the fallback was used (e.g. 'unknown_user').")
-    model_version: str | None = None
+    fallback_reason: str | None = Field(
+        None, description="Why: 'unknown_user', 'no_model', 'model_error' or 'latency_budget'."
+    )
+    model_version: str | None = Field(None, description="Registry version of the model that served this arm.")
+    arm: Literal["champion", "challenger"] = Field("champion", description="Which alias served the user.")
+
+
+class StockIn(BaseModel):
+    """Body of ``PUT /admin/stock``: ``{"items": {"item42": false, "item7": true}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: dict[str, bool] = Field(..., min_length=1, description="item_id -> in stock (false = never recommend).")
+
+    @field_validator("items")
+    @classmethod
+    def _ids_are_valid(cls, value: dict[str, bool]) -> dict[str, bool]:
+        for item in value:
+            if not item.strip() or len(item) > MAX_ID_LENGTH:
+                raise ValueError(f"item id {item[:40]!r} must be 1..{MAX_ID_LENGTH} non-blank characters")
+        return value
+
+
+class StockOut(BaseModel):
+    """Response of ``PUT /admin/stock``: every item now out of stock."""
+
+    out_of_stock: list[str]
 
 
 class EventAccepted(BaseModel):
@@ -138,3 +164,4 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     model_loaded: bool
     model_version: str | None = None
+    challenger_version: str | None = None

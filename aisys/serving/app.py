@@ -36,11 +36,24 @@ def build_application(cfg: AppConfig):
     # AppConfig makes local paths absolute when it is validated, so the dict
     # means the same thing in a replica whose working folder differs.
     return RecommenderService.options(
-        num_replicas=cfg.serve.num_replicas,
+        **replica_options(cfg),
         # Serve's default of 5 collapsed under 64 clients here (STACK.md).
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
         logging_config={"enable_access_log": cfg.serve.access_log},
     ).bind(cfg.model_dump())
+
+
+def replica_options(cfg: AppConfig) -> dict:
+    """``num_replicas`` or, with ``serve.autoscaling``, an ``autoscaling_config`` (min/max, target load)."""
+    if not cfg.serve.autoscaling:
+        return {"num_replicas": cfg.serve.num_replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": cfg.serve.min_replicas,
+            "max_replicas": cfg.serve.max_replicas,
+            "target_ongoing_requests": cfg.serve.target_ongoing_requests,
+        }
+    }
 
 
 def build_app(args: ServeAppArgs):
@@ -83,9 +96,24 @@ def start_serving(cfg: AppConfig, blocking: bool = False) -> str:
     return url
 
 
-def stop_serving() -> None:
-    """Shut Serve down (applications, proxies, controller); Ray itself stays up."""
+def stop_serving(cfg: AppConfig | None = None) -> None:
+    """Shut Serve down (applications, proxies, controller); Ray itself stays up.
+
+    With ``cfg``, the workspace's detached helpers that the replicas started go
+    too: the shared session actor (it would otherwise keep its sessions for the
+    next start) and the drift monitor (it would otherwise hold a worker process).
+    """
     from ray import serve
 
     serve.shutdown()
+    if cfg is None:
+        return
+    if cfg.online.session_store == "actor":
+        from aisys.serving.session_actor import drop_session_actor
+
+        drop_session_actor(cfg)
+    if cfg.monitor.enabled:
+        from aisys.monitoring.monitor_actor import drop_monitor
+
+        drop_monitor(cfg)
 

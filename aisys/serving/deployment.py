@@ -1,30 +1,49 @@
-"""The Ray Serve deployment: one replica = one recommender behind the FastAPI routes.
+"""The Ray Serve deployment: one replica = an :class:`OnlineService` behind the FastAPI routes.
 
-On start a replica loads the registered champion (``aisys.registry``), rebuilds
-every user's history from the lake snapshot the model was trained on (the same
-``user_histories`` code training used), and serves :mod:`aisys.serving.routes`.
+On start a replica:
 
-The FastAPI app is *late-bound* (``@serve.ingress()`` with
-``__serve_build_asgi_app__``): Serve builds it inside the replica after
-``__init__``, so the routes close over this replica's recommender instead of
-reaching for a module global. Model scoring goes through a ``@serve.batch``
-method, so concurrent requests share one forward pass.
+1. opens the session store: the shared named actor (``cfg.online.session_store="actor"``)
+   or a per-process dict (``"memory"``);
+2. loads the registered champion (and the challenger, when that alias exists);
+   the first replica to see a model's lake snapshot seeds the store with its
+   users' sessions (``sessions_from_events``, built on ``user_histories``, the
+   code training used); the others find the snapshot loaded and skip the lake;
+3. starts an :class:`~aisys.serving.follow.AliasFollower` that swaps in new
+   versions of the aliases in the background (``cfg.online.follow_alias_every_s``);
+4. builds the FastAPI app around the service (late-bound ingress, below), with
+   the API gateway when ``aisys.gateway`` is installed, plus the storefront and
+   operator pages (``aisys.storefront``) over the champion snapshot's catalogue;
+5. records its metrics and, with ``cfg.monitor.enabled``, feeds the drift monitor
+   actor in the background (:mod:`aisys.serving.telemetry`).
+
+Model scoring goes through a ``@serve.batch`` method, so concurrent requests
+share one forward pass; the forward pass runs in a worker thread, which keeps
+the event loop free for the latency budget's timer and for other requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from aisys.config import AppConfig, config_from_dict
-from aisys.features.sequences import user_histories
 from aisys.serving.api_models import ModelOut
+from aisys.serving.canary import CHALLENGER, CHAMPION
 from aisys.serving.event_log import JsonlEventLog
-from aisys.serving.recommender import Recommendation, Recommender
-from aisys.serving.routes import ServingState, build_fastapi_app
+from aisys.serving.follow import AliasFollower
+from aisys.serving.recommender import Recommendation, Recommender, ScoreRequest
+from aisys.serving.routes import build_fastapi_app
+from aisys.serving.rules import JsonFileInventory
+from aisys.serving.service import OnlineService, ServedModel
+from aisys.serving.session_store import InMemorySessionStore, SessionStore, sessions_from_events
+from aisys.serving.telemetry import ServingTelemetry, gateway_key_tier, install_request_metrics
+from aisys.storefront.provider import latest_report_path, load_catalogue, monitor_status, overview, storefront_key
+from aisys.storefront.routes import install_storefront
 
 logger = logging.getLogger(__name__)
 
@@ -40,33 +59,74 @@ def collector_folder(cfg: AppConfig) -> Path:
     return Path(cfg.paths.workspace) / "collector"
 
 
-def load_serving_state(cfg: AppConfig) -> ServingState:
-    """Load the champion and its snapshot's histories into a :class:`ServingState`.
+def stock_path(cfg: AppConfig) -> Path:
+    """The shared out-of-stock file: ``cfg.online.stock_file`` (relative to the workspace) or the default."""
+    path = Path(cfg.online.stock_file or "online/stock.json").expanduser()
+    return path if path.is_absolute() else Path(cfg.paths.workspace) / path
 
-    ``cfg.serve.model_uri`` (``models:/name/version``) overrides the champion alias.
-    """
+
+def open_session_store(cfg: AppConfig) -> SessionStore:
+    """The store ``cfg.online.session_store`` names (the actor needs Ray, which a replica has)."""
+    if cfg.online.session_store == "actor":
+        from aisys.serving.session_actor import actor_session_store
+
+        return actor_session_store(cfg)
+    return InMemorySessionStore(cfg.online.max_history)
+
+
+async def seed_sessions(cfg: AppConfig, store: SessionStore, bundle, snapshot_id: str | None) -> int:
+    """Load the snapshot's sessions into ``store`` unless some replica already did; return users seeded."""
+    if not snapshot_id:
+        logger.warning("the served model has no lineage.snapshot_id: users start with empty sessions")
+        return 0
+    if await store.has_snapshot(snapshot_id):
+        return 0
     from aisys.data.lake import Lake
+
+    try:
+        events = await asyncio.to_thread(Lake.from_config(cfg.paths).read_events, snapshot_id)
+    except Exception as err:  # name what is missing; the replica then fails to start
+        raise RuntimeError(
+            f"cannot read lake snapshot {snapshot_id!r} (bundle.lineage.snapshot_id) "
+            f"from paths.lake_uri={cfg.paths.lake_uri!r}: {err}"
+        ) from err
+    sessions = await asyncio.to_thread(sessions_from_events, events, bundle.item_index())
+    seeded = await store.bulk_load(sessions, snapshot_id)
+    logger.info("snapshot %s: %d users seeded into the session store", snapshot_id, seeded)
+    return seeded
+
+
+async def load_served_model(cfg: AppConfig, store: SessionStore, alias: str | None, version: str | None = None,
+                            model_uri: str | None = None) -> ServedModel:
+    """Download a registered version, seed the store from its snapshot, build its recommender."""
     from aisys.registry.mlflow_registry import load_bundle
 
-    bundle, info = load_bundle(cfg, model_uri=cfg.serve.model_uri)
-    snapshot_id = bundle.lineage.get("snapshot_id")
-    histories: dict[str, list[int]] = {}
-    if snapshot_id:
-        try:
-            events = Lake(cfg.paths.lake_uri).read_events(snapshot_id)
-        except Exception as err:  # name what is missing; the replica then fails to start
-            raise RuntimeError(
-                f"cannot read lake snapshot {snapshot_id!r} (bundle.lineage.snapshot_id) "
-                f"from paths.lake_uri={cfg.paths.lake_uri!r}: {err}"
-            ) from err
-        histories = user_histories(events, bundle.item_index())
-    else:
-        logger.warning("the served model has no lineage.snapshot_id: every user starts with an empty history")
-    recommender = Recommender(bundle, histories, torch_threads=cfg.train.torch_threads)
+    bundle, info = await asyncio.to_thread(load_bundle, cfg, alias, version, model_uri)
+    info["alias"] = alias or info.get("alias")
+    await seed_sessions(cfg, store, bundle, bundle.lineage.get("snapshot_id") or info.get("snapshot_id"))
+    recommender = await asyncio.to_thread(Recommender, bundle, torch_threads=cfg.train.torch_threads)
     model = ModelOut.describe(bundle, info, default_name=cfg.registry.model_name)
-    logger.info("serving %s version %s (snapshot %s, %d users with history)",
-                model.name, model.version, snapshot_id, len(histories))
-    return ServingState(recommender=recommender, event_log=JsonlEventLog(collector_folder(cfg)), model=model)
+    logger.info("loaded %s version %s (alias %s)", model.name, model.version, alias)
+    return ServedModel(recommender=recommender, info=model)
+
+
+async def resolve_alias(cfg: AppConfig, alias: str) -> str | None:
+    """The version ``alias`` points at, or ``None`` when the alias does not exist."""
+    from aisys.registry.mlflow_registry import get_model_info
+
+    try:
+        return (await asyncio.to_thread(get_model_info, cfg, alias))["version"]
+    except LookupError:
+        return None
+
+
+def make_gateway(cfg: AppConfig):
+    """``aisys.gateway.Gateway.from_config(cfg)``, or ``None`` when the gateway package is not installed."""
+    try:
+        from aisys.gateway import Gateway
+    except ImportError:
+        return None
+    return Gateway.from_config(cfg)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -78,30 +138,92 @@ class RecommenderService:
     and in Serve YAML ``args``; it is validated again here.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self._cfg = config_from_dict(config, "RecommenderService config")
-        self._state = load_serving_state(self._cfg)
+    async def __init__(self, config: dict[str, Any]) -> None:
+        cfg = self._cfg = config_from_dict(config, "RecommenderService config")
+        store = open_session_store(cfg)
+        champion = await load_served_model(cfg, store, None if cfg.serve.model_uri else cfg.registry.champion_alias,
+                                           model_uri=cfg.serve.model_uri)
+        challenger = None
+        challenger_version = await resolve_alias(cfg, cfg.online.challenger_alias)
+        if challenger_version is not None:
+            challenger = await load_served_model(cfg, store, cfg.online.challenger_alias, challenger_version)
+        self.telemetry = ServingTelemetry.for_replica(cfg)
+        self.service = OnlineService(
+            store=store,
+            event_log=JsonlEventLog(collector_folder(cfg)),
+            inventory=JsonFileInventory(stock_path(cfg)),
+            online=cfg.online,
+            champion=champion,
+            challenger=challenger,
+            scorer=self.score,
+            telemetry=self.telemetry,
+        )
+        aliases = {CHALLENGER: cfg.online.challenger_alias}
+        if not cfg.serve.model_uri:  # a pinned version is not followed
+            aliases[CHAMPION] = cfg.registry.champion_alias
+        self.follower = AliasFollower(
+            self.service,
+            aliases=aliases,
+            resolve=lambda alias: resolve_alias(cfg, alias),
+            load=lambda alias, version: load_served_model(cfg, store, alias, version),
+            every_s=cfg.online.follow_alias_every_s,
+        )
+        self.follower.start()
+        self.catalogue = await asyncio.to_thread(load_catalogue, cfg, champion.info.snapshot_id)
 
     def __serve_build_asgi_app__(self):
-        """Called by Serve after ``__init__``: the routes bound to this replica's state."""
-        self._state.recommend = self.recommend
-        return build_fastapi_app(self._state, default_k=self._cfg.serve.default_k, max_k=self._cfg.serve.max_k)
+        """Called by Serve after ``__init__``: the routes bound to this replica's service, and the pages."""
+        cfg = self._cfg
+        gateway = make_gateway(cfg)
+        if gateway is not None:
+            gateway.listeners.append(self.telemetry.rate_limit_listener(gateway_key_tier(gateway)))
+        app = build_fastapi_app(self.service, default_k=cfg.serve.default_k, max_k=cfg.serve.max_k, gateway=gateway)
 
-    async def recommend(self, user_id: str, k: int) -> Recommendation:
+        async def latest_report():
+            return latest_report_path(await monitor_status(cfg))
+
+        install_storefront(
+            app,
+            catalogue=lambda: self.catalogue,
+            storefront_key=lambda: storefront_key(cfg),
+            guard=None if gateway is None else gateway.require,
+            overview=lambda: overview(cfg, self.service),
+            latest_report=latest_report,
+        )
+        install_request_metrics(app)  # last: outermost, so it sees every answer, refusals included
+        return app
+
+    def counters(self) -> dict[str, Any]:
+        """This replica's serving counters (for a metrics exporter or a handle call)."""
+        return self.service.counters.snapshot()
+
+    def telemetry_stats(self) -> dict[str, Any]:
+        """This replica's id (the ``replica`` label of its metrics) and its monitor feed's counters."""
+        return {"replica": serve.get_replica_context().replica_tag, **self.telemetry.stats()}
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica: send what is still buffered.
+        telemetry = getattr(self, "telemetry", None)
+        if telemetry is not None:
+            telemetry.close()
+
+    async def score(self, served: ServedModel, request: ScoreRequest) -> Recommendation:
         """One request's answer, scored together with whatever else is in flight."""
-        return await self.recommend_batched((user_id, k))
+        return await self.score_batched((served, request))
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    async def recommend_batched(self, requests: list[tuple[str, int]]) -> list[Recommendation]:
-        """Score a batch of ``(user_id, k)`` requests in one forward pass.
-
-        The batch is scored at its largest k and each answer cut to its own k
-        (a top-K list cut to k is the top-k list).
-        """
-        recommender: Recommender = self._state.recommender  # type: ignore[assignment]
-        largest_k = max(k for _, k in requests)
-        recs = recommender.recommend_many([user for user, _ in requests], largest_k)
-        return [rec.truncated(k) for rec, (_, k) in zip(recs, requests)]
+    async def score_batched(self, batch: list[tuple[ServedModel, ScoreRequest]]) -> list[Recommendation]:
+        """Score a batch in one forward pass per model version (a swap or canary may mix versions)."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for n, (served, _) in enumerate(batch):
+            groups[id(served)].append(n)
+        answers: list[Recommendation | None] = [None] * len(batch)
+        for positions in groups.values():
+            served = batch[positions[0]][0]
+            recs = await asyncio.to_thread(served.recommender.recommend_many, [batch[n][1] for n in positions])
+            for n, rec in zip(positions, recs):
+                answers[n] = rec
+        return answers  # type: ignore[return-value]
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live-tune batching: ``{max_batch_size: int, batch_wait_timeout_s: float}``."""
@@ -110,6 +232,6 @@ class RecommenderService:
             raise ValueError(f"unknown user_config key(s) {sorted(unknown)}; "
                              "allowed: max_batch_size, batch_wait_timeout_s")
         if "max_batch_size" in user_config:
-            self.recommend_batched.set_max_batch_size(int(user_config["max_batch_size"]))
+            self.score_batched.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_timeout_s" in user_config:
-            self.recommend_batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+            self.score_batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))

@@ -1,55 +1,77 @@
-"""The recommender: user history -> model scores -> top-k, with a popularity fallback.
+"""The recommender: a user's session -> model scores -> business rules -> top-k, with reasons.
 
-Pure Python + torch: no Ray, no FastAPI. The Serve deployment and the unit
-tests use it the same way.
+Pure Python + numpy + torch: no Ray, no FastAPI. The Serve deployment and the
+unit tests use it the same way. It holds one model version; which version
+serves which user, and what happens when the model fails, is
+:mod:`aisys.serving.service`'s job.
 
 Decisions a user of the API will notice:
 
-- **Known user with a history**: the model scores every item from the user's
-  :func:`~aisys.features.sequences.recent_window` (the same window training
-  used). ``fallback=False``.
-- **Unknown user, or empty history**: items by popularity
-  (``bundle.item_popularity``), ``fallback=True, reason="unknown_user"``. A
-  bundle without weights serves popularity to everyone with ``reason="no_model"``.
-- **Exclusion** (``exclude_seen=True``): every item in the user's kept history
-  is excluded, whatever the event type (views, carts, purchases, ratings). That
-  covers purchases, and matches the next-*new*-item task the model is trained
-  on. The kept history is the user's last ``history_limit`` items (default
-  ``max(bundle.max_seq_len, 200)``), so items seen long ago may come back.
-- **Events**: :meth:`Recommender.record_event` appends a known item to the
-  user's history in the session store, so the very next call reflects it. Items
-  the bundle does not know (launched after training) are accepted but cannot
-  enter the model's sequence: they are logged and ``False`` is returned.
+- **Model input**: the session's item ids mapped to this bundle's indices
+  (ids it does not know are skipped), then
+  :func:`~aisys.features.sequences.recent_window`: exactly the window training
+  built with ``user_histories`` (see ``tests/unit/test_feature_parity.py``).
+- **A session with at least one known item** is ranked by the model,
+  ``fallback=False``. Without a known item, popular items are served with
+  ``fallback=True, fallback_reason="unknown_user"``; a bundle without weights
+  serves popularity to everyone with ``fallback_reason="no_model"``.
+- **Exclusion**: each request carries the item ids never to return (purchased
+  or seen, per ``cfg.online.exclude``, plus out-of-stock items; see
+  :mod:`aisys.serving.rules`). Padding is never returned.
+- **Reasons**: every item says why (:func:`aisys.serving.rules.explain`).
+- Ties rank by item index, so answers are deterministic.
+- **Retrieval** (``retrieval="ivf_flat"``, see :func:`retrieval_options`): on a
+  catalogue of at least ``retrieval_min_items`` items, a
+  :class:`~aisys.retrieval.FaissIndex` over the model's item embeddings is built
+  once, when the recommender is, and the model's top-k comes from it (the index
+  over-fetches past the exclusions, and falls back to an exact scan when they
+  swallow its candidates). Smaller catalogues, and models without item
+  embeddings, are scored exactly, as before. See docs/retrieval.md.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from aisys.features.sequences import recent_window
 from aisys.models.bundle import ModelBundle
-from aisys.serving.session_store import InMemorySessionStore, SessionStore
+from aisys.retrieval.index import DEFAULT_NPROBE, ItemIndex
+from aisys.serving.rules import POPULAR_REASON, explain, mask_items, normalised_rows
+from aisys.serving.session_store import UserSession
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_HISTORY_LIMIT = 200
 
 REASON_UNKNOWN_USER = "unknown_user"
 REASON_NO_MODEL = "no_model"
 
+RETRIEVAL_KINDS = ("exact", "ivf_flat")
+# Below ~100k items exact scoring costs about a millisecond (docs/retrieval.md): keep the exact path.
+DEFAULT_RETRIEVAL_MIN_ITEMS = 100_000
+
+
+def retrieval_options(online: Any) -> dict[str, Any]:
+    """The :class:`Recommender` keyword arguments that ``cfg.online`` (an ``OnlineConfig``) sets:
+    ``Recommender(bundle, **retrieval_options(cfg.online))``."""
+    return {
+        "retrieval": online.retrieval,
+        "retrieval_min_items": online.retrieval_min_items,
+        "nprobe": online.nprobe,
+    }
+
 
 @dataclass(frozen=True)
 class ScoredItem:
-    """One recommended item with the score it was ranked by."""
+    """One recommended item, the score it was ranked by, and why it was picked."""
 
     item_id: str
     score: float
     category: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,11 +80,24 @@ class Recommendation:
 
     items: list[ScoredItem] = field(default_factory=list)
     fallback: bool = False
-    reason: str | None = None
+    fallback_reason: str | None = None
 
     def truncated(self, k: int) -> "Recommendation":
         """The first ``k`` items (a top-K list cut to k is the top-k list)."""
-        return Recommendation(items=self.items[:k], fallback=self.fallback, reason=self.reason)
+        return replace(self, items=self.items[:k])
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One user's request: their session, how many items, and the item ids never to return."""
+
+    session: UserSession
+    k: int
+    exclude: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,114 +110,141 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if valid.size == 0:
         return valid, scores[valid]
     if valid.size > k:
-        # Partition first: O(n) instead of sorting the whole catalogue.
-        part = np.argpartition(-scores[valid], k - 1)[:k]
-        valid = valid[part]
+        # Partition first: O(n) instead of sorting the whole catalogue. Items
+        # tied with the k-th are all kept, so the tie-break below sees them.
+        kth = np.partition(-scores[valid], k - 1)[k - 1]
+        valid = valid[-scores[valid] <= kth]
     order = np.lexsort((valid, -scores[valid]))
-    chosen = valid[order]
+    chosen = valid[order][:k]
     return chosen, scores[chosen]
 
 
 class Recommender:
-    """Serves top-k items for users from a :class:`ModelBundle` and their histories.
+    """Top-k items from one :class:`ModelBundle` for sessions (see the module docstring).
 
-    ``histories`` maps user id -> item indices (oldest first), usually
-    :func:`aisys.features.sequences.user_histories` of the bundle's snapshot.
     ``model`` is anything with ``score_next(LongTensor (B, T)) -> (B, n_items + 1)``;
     by default it is rebuilt from the bundle (none when the bundle has no weights).
+
+    ``retrieval`` (``"exact"`` or ``"ivf_flat"``), ``retrieval_min_items`` and
+    ``nprobe``: see the module docstring. ANN retrieval also needs the model to
+    be a SASRec-like module: ``item_emb`` (the output embeddings) and
+    ``forward(windows) -> (B, T, D)`` hidden states, whose last position dotted
+    with ``item_emb`` is ``score_next``. :attr:`index` is the built index, or
+    ``None`` when scoring is exact.
     """
 
     def __init__(
         self,
         bundle: ModelBundle,
-        histories: Mapping[str, Sequence[int]] | None = None,
         *,
-        store: SessionStore | None = None,
         model: Any | None = None,
-        history_limit: int | None = None,
         torch_threads: int = 1,
+        retrieval: str = "exact",
+        retrieval_min_items: int = DEFAULT_RETRIEVAL_MIN_ITEMS,
+        nprobe: int = DEFAULT_NPROBE,
     ) -> None:
+        if retrieval not in RETRIEVAL_KINDS:
+            raise ValueError(f"retrieval must be one of {', '.join(RETRIEVAL_KINDS)}; got {retrieval!r}")
+        if retrieval_min_items < 1 or nprobe < 1:
+            raise ValueError(f"retrieval_min_items and nprobe must be >= 1; got {retrieval_min_items}, {nprobe}")
         # More threads on a small shared box was measured much slower (STACK.md).
         torch.set_num_threads(torch_threads)
+        self._threads = torch_threads
         self.bundle = bundle
-        self.store = store or InMemorySessionStore()
-        self.history_limit = history_limit or max(bundle.max_seq_len, DEFAULT_HISTORY_LIMIT)
-        if self.history_limit < bundle.max_seq_len:
-            raise ValueError(
-                f"history_limit ({self.history_limit}) must be >= bundle.max_seq_len ({bundle.max_seq_len})"
-            )
         if model is None and bundle.state_dict is not None:
             from aisys.models.sasrec import build_model
 
             model = build_model(bundle)
         self.model = model
-        self._item_index = bundle.item_index()
+        self.item_index = bundle.item_index()
         self._popularity = bundle.popularity_scores()
         if len(bundle.item_categories) == len(bundle.item_ids):
             self._categories: list[str | None] = list(bundle.item_categories)
         else:
             self._categories = [None] * len(bundle.item_ids)
-        if histories:
-            self.store.bulk_load({u: list(h)[-self.history_limit :] for u, h in histories.items()})
+        emb = getattr(getattr(model, "item_emb", None), "weight", None)
+        self._unit_emb = normalised_rows(emb.detach().cpu().numpy()) if emb is not None else None
+        self.index: ItemIndex | None = None
+        if retrieval != "exact" and model is not None and bundle.n_items >= retrieval_min_items:
+            self.index = self._build_index(retrieval, emb, nprobe)
+
+    def _build_index(self, kind: str, emb: Any, nprobe: int) -> ItemIndex | None:
+        """An ANN index over the item embeddings (row ``i`` = item index ``i + 1``), or ``None``
+        when the model has no embeddings to index."""
+        if emb is None or not callable(getattr(self.model, "forward", None)):
+            logger.warning("retrieval=%s needs a model with item_emb and forward(); scoring exactly", kind)
+            return None
+        from aisys.retrieval.index import make_index
+
+        vectors = emb.detach().cpu().numpy()[1:]  # (n_items, D): row 0 is padding, never an item
+        index = make_index(kind, nprobe=nprobe, threads=self._threads).build(vectors)
+        logger.info("retrieval: %s index over %d items (%s)", kind, vectors.shape[0], index.params())
+        return index
 
     @property
     def model_loaded(self) -> bool:
         """Whether personalised (model) scores can be served."""
         return self.model is not None
 
-    def history(self, user_id: str) -> list[int]:
-        """The user's kept history (item indices, oldest first)."""
-        return self.store.get(user_id)
+    def knows(self, item_id: str) -> bool:
+        """Whether this bundle's vocabulary has the item."""
+        return item_id in self.item_index
 
-    def model_input(self, user_id: str) -> np.ndarray:
-        """The window the model sees for this user: ``(max_seq_len,)`` int64."""
-        return recent_window(self.store.get(user_id), self.bundle.max_seq_len)
+    def known_history(self, session: UserSession) -> list[int]:
+        """The session's items as this bundle's indices, oldest first (unknown ids skipped)."""
+        index = self.item_index
+        return [index[item] for item in session.items if item in index]
 
-    def record_event(self, user_id: str, item_id: str, event_type: str | None = None) -> bool:
-        """Add an interaction to the user's online history.
+    def model_input(self, session: UserSession) -> np.ndarray:
+        """The window the model sees for this session: ``(max_seq_len,)`` int64."""
+        return recent_window(self.known_history(session), self.bundle.max_seq_len)
 
-        Returns ``True`` when the item entered the history. An item the bundle
-        does not know is accepted (the caller logs the raw event for the next
-        training) but cannot be scored, so it is skipped here and ``False``
-        comes back. All event types enter the history, as in training.
-        """
-        index = self._item_index.get(item_id)
-        if index is None:
-            logger.info("event for unknown item %r (user %r, %s): logged, not in the sequence",
-                        item_id, user_id, event_type)
-            return False
-        self.store.append(user_id, index, self.history_limit)
-        return True
+    def recommend(self, session: UserSession, k: int, exclude: frozenset[str] = frozenset()) -> Recommendation:
+        """Top-``k`` for one session (see the module docstring)."""
+        return self.recommend_many([ScoreRequest(session, k, exclude)])[0]
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True) -> Recommendation:
-        """Top-``k`` items for one user (see the module docstring for the rules)."""
-        return self.recommend_many([user_id], k, exclude_seen=exclude_seen)[0]
-
-    def recommend_many(
-        self, user_ids: Sequence[str], k: int, exclude_seen: bool = True
-    ) -> list[Recommendation]:
-        """Top-``k`` for many users; every user with a history is scored in one forward pass."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        histories = [self.store.get(user) for user in user_ids]
-        scored_rows = [i for i, h in enumerate(histories) if h] if self.model is not None else []
-        model_scores = self._score(histories, scored_rows)
-
-        results: list[Recommendation] = []
-        for i, history in enumerate(histories):
-            if i in model_scores:
-                scores, fallback, reason = model_scores[i], False, None
+    def recommend_many(self, requests: Sequence[ScoreRequest]) -> list[Recommendation]:
+        """Answer many requests; every one with a known history is scored in one forward pass."""
+        histories = [self.known_history(r.session) for r in requests]
+        rows = [i for i, h in enumerate(histories) if h] if self.model is not None else []
+        if self.index is not None:
+            candidates = self._retrieve(histories, rows, requests)
+        else:
+            candidates = {i: self._top(scores, requests[i]) for i, scores in self._score(histories, rows).items()}
+        results = []
+        for i, (request, history) in enumerate(zip(requests, histories)):
+            if i in candidates:
+                results.append(self._listed(*candidates[i], history, fallback_reason=None))
             else:
-                scores = self._popularity.copy()
-                fallback = True
                 reason = REASON_NO_MODEL if self.model is None and history else REASON_UNKNOWN_USER
-            if exclude_seen and history:
-                scores[np.asarray(history, dtype=np.int64)] = -np.inf
-            scores[0] = -np.inf  # padding is never an item
-            idx, values = top_k(scores, int(k))
-            items = [ScoredItem(self.bundle.item_ids[j], float(v), self._categories[j]) for j, v in zip(idx, values)]
-            results.append(Recommendation(items=items, fallback=fallback, reason=reason))
+                results.append(self.popular(request, reason))
         return results
+
+    def popular(self, request: ScoreRequest, reason: str) -> Recommendation:
+        """The popularity fallback for one request, flagged with ``reason``; never calls the model."""
+        idx, values = self._top(self._popularity.copy(), request)
+        return self._listed(idx, values, [], fallback_reason=reason)
+
+    def _top(self, scores: np.ndarray, request: ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
+        """Item indices and scores of the request's top-k over a full score vector (modified in place)."""
+        mask_items(scores, request.exclude, self.item_index)
+        scores[0] = -np.inf  # padding is never an item
+        return top_k(scores, int(request.k))
+
+    def _listed(
+        self, idx: np.ndarray, values: np.ndarray, history: list[int], fallback_reason: str | None
+    ) -> Recommendation:
+        """The ranked list for chosen item indices (best first), with reasons."""
+        if fallback_reason is None:
+            reasons = explain(idx, history[-self.bundle.max_seq_len :], self.bundle.item_ids,
+                              unit_embeddings=self._unit_emb, categories=self._categories)
+        else:
+            reasons = [POPULAR_REASON] * len(idx)
+        items = [
+            ScoredItem(self.bundle.item_ids[j], float(v), self._categories[j], why)
+            for j, v, why in zip(idx, values, reasons)
+        ]
+        return Recommendation(items=items, fallback=fallback_reason is not None, fallback_reason=fallback_reason)
 
     def _score(self, histories: list[list[int]], rows: list[int]) -> dict[int, np.ndarray]:
         """Model scores ``(n_items + 1,)`` float64 for the given rows, in one batch."""
@@ -191,8 +253,33 @@ class Recommender:
         windows = np.stack([recent_window(histories[i], self.bundle.max_seq_len) for i in rows])  # (B, T)
         with torch.inference_mode():
             scores = self.model.score_next(torch.from_numpy(windows))  # (B, n_items + 1)
-        matrix = scores.detach().to(torch.float64).cpu().numpy()
+        matrix = scores.detach().to(torch.float64).cpu().numpy() if torch.is_tensor(scores) else np.asarray(
+            scores, dtype=np.float64
+        )
         expected = len(self.bundle.item_ids)
         if matrix.shape != (len(rows), expected):
             raise ValueError(f"model.score_next returned shape {matrix.shape}; expected {(len(rows), expected)}")
         return {row: matrix[n].copy() for n, row in enumerate(rows)}
+
+    def _retrieve(
+        self, histories: list[list[int]], rows: list[int], requests: Sequence[ScoreRequest]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Top-k item indices and scores per row through the ANN index, in one forward pass and one search."""
+        if not rows:
+            return {}
+        windows = np.stack([recent_window(histories[i], self.bundle.max_seq_len) for i in rows])  # (B, T)
+        with torch.inference_mode():
+            hidden = self.model(torch.from_numpy(windows))[:, -1, :]  # (B, D): what score_next dots with item_emb
+        queries = hidden.detach().to(torch.float32).cpu().numpy()
+        index = self.item_index
+        # Index ids are item index - 1 (padding is not in the index); unknown ids are not in the catalogue.
+        exclude = [[index[item] - 1 for item in requests[i].exclude if item in index] for i in rows]
+        k = max(int(requests[i].k) for i in rows)
+        scores, ids = self.index.search(queries, k, exclude=exclude)  # (B, k) each, -1 / -inf pad
+        out = {}
+        for n, row in enumerate(rows):
+            keep = ids[n] >= 0
+            idx, values = ids[n][keep] + 1, scores[n][keep].astype(np.float64)
+            order = np.lexsort((idx, -values))[: int(requests[row].k)]  # ties by item index, like top_k
+            out[row] = (idx[order], values[order])
+        return out

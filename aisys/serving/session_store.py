@@ -1,59 +1,182 @@
-"""Online per-user item histories (the serving side of the sequence feature).
+"""Online per-user sessions: the serving side of the sequence feature.
 
-:class:`SessionStore` is deliberately three methods wide so another backend
-(a Ray actor shared by replicas, Redis) can implement it. Histories hold model
-item indices (``1..n_items``), oldest first; updates go through
-:func:`aisys.features.sequences.append_event`, the same code training uses.
+A :class:`UserSession` is what serving knows about a user right now: their
+recent items (external item ids, oldest first), the id of their last event
+(part of the response-cache key, so a new event invalidates cached answers)
+and the items they purchased (never recommended again).
+
+Sessions hold **item ids, not model indices**: replicas may serve different
+model versions (a swap in progress, a canary) whose vocabularies differ, so the
+store keeps what happened and each model maps ids to its own indices when it
+builds its input window (:meth:`aisys.serving.recommender.Recommender.model_input`,
+which calls :func:`aisys.features.sequences.recent_window`, the code training uses).
+
+:class:`SessionStore` is a small async interface (four methods), so a Ray actor
+(:mod:`aisys.serving.session_actor`) or Redis can implement it. The bookkeeping
+itself is the pure, synchronous :class:`SessionTable`; :class:`InMemorySessionStore`
+(tests, a single process) and the Ray actor both wrap one.
 """
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from aisys.features.sequences import append_event
+import pyarrow as pa
+
+from aisys.features.sequences import user_histories
+
+PURCHASE_EVENT = "purchase"
+DEFAULT_MAX_ITEMS = 200
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """One user's online state: recent item ids (oldest first), last event id, purchased item ids."""
+
+    items: tuple[str, ...] = ()
+    last_event_id: str | None = None
+    purchased: frozenset[str] = field(default_factory=frozenset)
+
+
+EMPTY_SESSION = UserSession()
+
+
+class SessionTable:
+    """The store's bookkeeping, pure and synchronous (not thread-safe: wrap it).
+
+    ``max_items`` bounds each user's kept items (the newest are kept). Snapshot
+    ids that were bulk-loaded are remembered, so a snapshot seeds the table once.
+    """
+
+    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
+        self._sessions: dict[str, UserSession] = {}
+        self._snapshots: set[str] = set()
+
+    def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        """Each user's session; :data:`EMPTY_SESSION` for a user never seen."""
+        return [self._sessions.get(user, EMPTY_SESSION) for user in user_ids]
+
+    def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+        """Apply one event: append the item (every event type enters the sequence, as in training)."""
+        old = self._sessions.get(user_id, EMPTY_SESSION)
+        purchased = old.purchased | {item_id} if event_type == PURCHASE_EVENT else old.purchased
+        new = UserSession(
+            items=(old.items + (item_id,))[-self.max_items :], last_event_id=event_id, purchased=purchased
+        )
+        self._sessions[user_id] = new
+        return new
+
+    def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        """Seed users from a snapshot, once per ``snapshot_id``; return how many users were seeded.
+
+        Users already in the table keep their state: the table has been
+        following them live since it first saw them, so it is at least as new
+        as any snapshot (a later snapshot holds the same events, ingested).
+        """
+        if snapshot_id in self._snapshots:
+            return 0
+        self._snapshots.add(snapshot_id)
+        seeded = 0
+        for user, session in sessions.items():
+            if user not in self._sessions:
+                self._sessions[str(user)] = UserSession(
+                    items=tuple(session.items)[-self.max_items :],
+                    last_event_id=session.last_event_id,
+                    purchased=frozenset(session.purchased),
+                )
+                seeded += 1
+        return seeded
+
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        """Whether ``snapshot_id`` was bulk-loaded already."""
+        return snapshot_id in self._snapshots
+
+    def __len__(self) -> int:
+        return len(self._sessions)
 
 
 class SessionStore(ABC):
-    """Where serving keeps each user's recent item indices."""
+    """Where serving keeps each user's session; shared by every replica in production."""
 
     @abstractmethod
-    def get(self, user_id: str) -> list[int]:
-        """The user's history, oldest first; ``[]`` for a user never seen."""
+    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        """Sessions of the given users, in order; an empty session for users never seen."""
 
     @abstractmethod
-    def append(self, user_id: str, item: int, max_len: int) -> list[int]:
-        """Append ``item`` to the user's history, keep the last ``max_len``, return the new history."""
+    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+        """Apply one event to the user's session and return the new session."""
 
     @abstractmethod
-    def bulk_load(self, histories: Mapping[str, Sequence[int]]) -> None:
-        """Replace the histories of the given users (e.g. from a lake snapshot at start-up)."""
+    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        """Seed sessions from a lake snapshot, once per snapshot id; return the users seeded."""
+
+    @abstractmethod
+    async def has_snapshot(self, snapshot_id: str) -> bool:
+        """Whether the snapshot was loaded (lets a replica skip reading the lake)."""
+
+    async def get(self, user_id: str) -> UserSession:
+        """One user's session."""
+        return (await self.get_many([user_id]))[0]
 
 
 class InMemorySessionStore(SessionStore):
-    """A dict in this process: one replica's view, lost on restart. Thread-safe."""
+    """A :class:`SessionTable` in this process: one replica's view, lost on restart.
 
-    def __init__(self) -> None:
-        self._histories: dict[str, list[int]] = {}
-        # FastAPI runs sync routes in a thread pool, so appends can race.
-        self._lock = threading.Lock()
+    No lock is needed: every method runs to completion on the event loop
+    without awaiting, so calls never interleave.
+    """
 
-    def get(self, user_id: str) -> list[int]:
-        with self._lock:
-            return list(self._histories.get(user_id, ()))
+    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+        self.table = SessionTable(max_items)
 
-    def append(self, user_id: str, item: int, max_len: int) -> list[int]:
-        with self._lock:
-            updated = append_event(self._histories.get(user_id, []), item, max_len)
-            self._histories[user_id] = updated
-            return list(updated)
+    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        return self.table.get_many(user_ids)
 
-    def bulk_load(self, histories: Mapping[str, Sequence[int]]) -> None:
-        copied = {str(user): [int(i) for i in items] for user, items in histories.items()}
-        with self._lock:
-            self._histories.update(copied)
+    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+        return self.table.record(user_id, event_id, item_id, event_type)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._histories)
+    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        return self.table.bulk_load(sessions, snapshot_id)
+
+    async def has_snapshot(self, snapshot_id: str) -> bool:
+        return self.table.has_snapshot(snapshot_id)
+
+
+def sessions_from_events(events: pa.Table, item_index: Mapping[str, int]) -> dict[str, UserSession]:
+    """Per-user sessions from a lake snapshot, as training sees it.
+
+    The item order is :func:`aisys.features.sequences.user_histories` over
+    ``item_index`` (the bundle's vocabulary), mapped back to ids, so the window
+    serving builds from a seeded session equals the training window. The last
+    event id and purchased items are taken over all of the user's events.
+    """
+    histories = user_histories(events, dict(item_index))
+    id_of = {index: item for item, index in item_index.items()}
+    users = events.column("user_id").to_pylist() if events.num_rows else []
+    items = events.column("item_id").to_pylist() if events.num_rows else []
+    types = events.column("event_type").to_pylist() if "event_type" in events.column_names else [None] * len(users)
+    event_ids = events.column("event_id").to_pylist() if "event_id" in events.column_names else [None] * len(users)
+    times = events.column("timestamp").to_pylist() if events.num_rows else []
+
+    purchased: dict[str, set[str]] = {}
+    last: dict[str, tuple] = {}
+    for row, (user, item, event_type, event_id, ts) in enumerate(zip(users, items, types, event_ids, times)):
+        if event_type == PURCHASE_EVENT:
+            purchased.setdefault(user, set()).add(item)
+        key = (ts, row)  # the newest event; row order breaks timestamp ties, as in user_histories
+        if user not in last or key >= last[user][0]:
+            last[user] = (key, event_id)
+
+    return {
+        user: UserSession(
+            items=tuple(id_of[i] for i in histories.get(user, [])),
+            last_event_id=last[user][1],
+            purchased=frozenset(purchased.get(user, ())),
+        )
+        for user in last
+    }

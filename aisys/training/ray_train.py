@@ -87,15 +87,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         rows = _epoch_rows(len(inputs), rank, world, config["seed"] + epoch)
         batches = iterate_batches(inputs[rows], targets[rows], config["batch_size"], seed=config["seed"] + epoch)
-        loss = train_epoch(model, batches, optimizer, device)
+        loss = train_epoch(model, batches, optimizer, device, config["loss_horizon"], config["loss_horizon_weight"])
         metrics: dict[str, float] = {"epoch": epoch, "loss": loss, "epoch_s": time.perf_counter() - started}
+        # Validate every `eval_every` epochs and after the last one: on ML-100K a
+        # full-ranking validation costs about as much as a training epoch.
+        validate_now = (epoch + 1) % config["eval_every"] == 0 or epoch == config["epochs"] - 1
         if rank == 0:
             # Only rank 0 validates: Ray Train keeps rank 0's metrics, and the
             # other workers would only repeat the same computation.
-            valid_metrics = evaluate(model, valid, config["max_seq_len"], k=10, device=device)
-            metrics.update({f"valid_{k}": v for k, v in valid_metrics.items() if k != "n_users"})
+            if validate_now:
+                valid_metrics = evaluate(model, valid, config["max_seq_len"], k=10, device=device)
+                metrics.update({f"valid_{k}": v for k, v in valid_metrics.items() if k != "n_users"})
             history.append(metrics)
-            if metrics[SELECT_METRIC] > best["metric"]:
+            if validate_now and metrics[SELECT_METRIC] > best["metric"]:
                 best = {"epoch": epoch, "metric": metrics[SELECT_METRIC], "state": cpu_state_dict(model)}
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(
@@ -156,6 +160,9 @@ def train_with_ray(
         "weight_decay": cfg.train.weight_decay,
         "seed": cfg.train.seed,
         "torch_threads": cfg.train.torch_threads,
+        "eval_every": cfg.train.eval_every,
+        "loss_horizon": cfg.train.loss_horizon,
+        "loss_horizon_weight": cfg.train.loss_horizon_weight,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -18,6 +18,16 @@ PURE_MODULES = [
     "aisys.models.bundle",
     "aisys.serving.recommender",
     "aisys.serving.api_models",
+    "aisys.registry.gate",
+    "aisys.monitoring.metrics",
+    "aisys.monitoring.drift",
+    "aisys.monitoring.profile",
+    "aisys.monitoring.online_quality",
+    "aisys.monitoring.policy",
+    "aisys.gateway.keys",
+    "aisys.gateway.cache",
+    "aisys.storefront.catalogue",
+    "aisys.retrieval.index",
 ]
 
 

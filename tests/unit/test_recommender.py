@@ -1,16 +1,20 @@
-"""The pure recommender: model path, popularity fallback, exclusion, online events, batching."""
+"""The pure recommender: model path, popularity fallback, exclusion, reasons, batching; the session table."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
+
+from aisys.serving.rules import RECENT_REASON
 import pytest
 import torch
 
 from aisys.features.sequences import recent_window
 from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import SASRec, SASRecConfig
-from aisys.serving.recommender import Recommender, top_k
-from aisys.serving.session_store import InMemorySessionStore
+from aisys.serving.recommender import Recommender, ScoreRequest, top_k
+from aisys.serving.session_store import InMemorySessionStore, SessionTable, UserSession
 
 N_ITEMS = 8
 MAX_LEN = 5
@@ -33,6 +37,10 @@ def tiny_bundle(with_weights: bool = True) -> ModelBundle:
     )
 
 
+def session(*items: str, purchased: tuple[str, ...] = ()) -> UserSession:
+    return UserSession(items=tuple(items), last_event_id="e", purchased=frozenset(purchased))
+
+
 @pytest.fixture
 def bundle() -> ModelBundle:
     return tiny_bundle()
@@ -40,12 +48,12 @@ def bundle() -> ModelBundle:
 
 @pytest.fixture
 def rec(bundle: ModelBundle) -> Recommender:
-    return Recommender(bundle, {"alice": [1, 2, 3], "bob": [4]})
+    return Recommender(bundle)
 
 
-def expected_model_ranking(rec: Recommender, user: str, exclude: set[int]) -> list[str]:
-    """Rank every item by the model's own scores for the user's window, independently of Recommender."""
-    window = torch.from_numpy(recent_window(rec.history(user), MAX_LEN)).unsqueeze(0)
+def expected_model_ranking(rec: Recommender, history: list[int], exclude: set[int]) -> list[str]:
+    """Rank every item by the model's own scores for the window, independently of Recommender."""
+    window = torch.from_numpy(recent_window(history, MAX_LEN)).unsqueeze(0)
     with torch.inference_mode():
         scores = rec.model.score_next(window)[0].double().numpy()
     candidates = [i for i in range(1, N_ITEMS + 1) if i not in exclude]
@@ -53,83 +61,70 @@ def expected_model_ranking(rec: Recommender, user: str, exclude: set[int]) -> li
     return [rec.bundle.item_ids[i] for i in candidates]
 
 
+def ids(recommendation) -> list[str]:
+    return [s.item_id for s in recommendation.items]
+
+
 def test_unknown_user_gets_popularity_fallback_flagged(rec: Recommender, bundle: ModelBundle):
-    out = rec.recommend("nobody", k=3)
-    assert out.fallback is True
-    assert out.reason == "unknown_user"
+    out = rec.recommend(UserSession(), k=3)
+    assert out.fallback is True and out.fallback_reason == "unknown_user"
     by_popularity = sorted(range(1, N_ITEMS + 1), key=lambda i: -bundle.item_popularity[i])
-    assert [s.item_id for s in out.items] == [bundle.item_ids[i] for i in by_popularity[:3]]
+    assert ids(out) == [bundle.item_ids[i] for i in by_popularity[:3]]
     assert [s.score for s in out.items] == [bundle.item_popularity[i] for i in by_popularity[:3]]
     assert [s.category for s in out.items] == [bundle.item_categories[i] for i in by_popularity[:3]]
+    assert {s.reason for s in out.items} == {"popular now"}
 
 
-def test_known_user_is_ranked_by_the_model(rec: Recommender):
-    out = rec.recommend("alice", k=4)
-    assert out.fallback is False and out.reason is None
-    assert [s.item_id for s in out.items] == expected_model_ranking(rec, "alice", {1, 2, 3})[:4]
+def test_a_session_of_only_unknown_items_is_an_unknown_user(rec: Recommender):
+    out = rec.recommend(session("new-1", "new-2"), k=2)
+    assert out.fallback is True and out.fallback_reason == "unknown_user"
+
+
+def test_known_user_is_ranked_by_the_model_and_nothing_is_excluded_unasked(rec: Recommender):
+    out = rec.recommend(session("i1", "i2", "i3"), k=N_ITEMS)
+    assert out.fallback is False and out.fallback_reason is None
+    assert ids(out) == expected_model_ranking(rec, [1, 2, 3], set())
     scores = [s.score for s in out.items]
     assert scores == sorted(scores, reverse=True)
 
 
-def test_history_items_are_excluded_only_when_asked(rec: Recommender):
-    seen = {"i1", "i2", "i3"}
-    excluded = rec.recommend("alice", k=N_ITEMS)
-    assert seen.isdisjoint(s.item_id for s in excluded.items)
-    assert len(excluded.items) == N_ITEMS - len(seen)
-    included = rec.recommend("alice", k=N_ITEMS, exclude_seen=False)
-    assert seen <= {s.item_id for s in included.items}
-    assert len(included.items) == N_ITEMS
+def test_excluded_ids_never_come_back(rec: Recommender):
+    out = rec.recommend(session("i1", "i2", "i3"), k=N_ITEMS, exclude=frozenset({"i2", "i7", "unknown"}))
+    assert ids(out) == expected_model_ranking(rec, [1, 2, 3], {2, 7})
+    popular = rec.recommend(UserSession(), k=N_ITEMS, exclude=frozenset({"i1"}))
+    assert "i1" not in ids(popular) and len(popular.items) == N_ITEMS - 1
 
 
-def test_an_event_changes_the_window_and_the_next_recommendation(rec: Recommender):
-    window_before = rec.model_input("bob").copy()
-    before = rec.recommend("bob", k=N_ITEMS)
-    pick = before.items[0].item_id  # bob's current top item: after the event it must disappear
-
-    assert rec.record_event("bob", pick, "purchase") is True
-
-    window_after = rec.model_input("bob")
-    assert not np.array_equal(window_before, window_after)
-    assert window_after[-1] == rec.bundle.item_index()[pick]
-    after = rec.recommend("bob", k=N_ITEMS)
-    assert pick not in {s.item_id for s in after.items}
-    assert [(s.item_id, s.score) for s in after.items] != [(s.item_id, s.score) for s in before.items]
-    assert [s.item_id for s in after.items] == expected_model_ranking(rec, "bob", {4, rec.bundle.item_index()[pick]})
+def test_model_input_maps_ids_to_this_bundles_window(rec: Recommender):
+    s = session("i1", "brand-new", *[f"i{i}" for i in range(2, 8)])
+    assert rec.known_history(s) == [1, 2, 3, 4, 5, 6, 7]
+    assert rec.model_input(s).tolist() == [3, 4, 5, 6, 7]  # the newest MAX_LEN known items
+    assert rec.model_input(session("i4")).tolist() == [0, 0, 0, 0, 4]
 
 
-def test_an_event_turns_an_unknown_user_into_a_personalised_one(rec: Recommender):
-    assert rec.recommend("carol", k=2).fallback is True
-    rec.record_event("carol", "i6", "view")
-    out = rec.recommend("carol", k=2)
-    assert out.fallback is False
-    assert "i6" not in {s.item_id for s in out.items}
-
-
-def test_unknown_items_are_accepted_but_do_not_enter_the_sequence(rec: Recommender):
-    before = rec.history("alice")
-    assert rec.record_event("alice", "brand-new-item", "view") is False
-    assert rec.history("alice") == before
-
-
-def test_history_is_bounded_and_the_window_keeps_the_newest(bundle: ModelBundle):
-    rec = Recommender(bundle, {"u": list(range(1, 9)) * 3}, history_limit=MAX_LEN)
-    assert len(rec.history("u")) == MAX_LEN
-    rec.record_event("u", "i1")
-    assert rec.history("u")[-1] == 1 and len(rec.history("u")) == MAX_LEN
-    assert list(rec.model_input("u")) == rec.history("u")
+def test_model_picks_name_the_most_similar_viewed_item(rec: Recommender):
+    out = rec.recommend(session("i1", "i5"), k=4)
+    emb = rec.model.item_emb.weight.detach().numpy()
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # row 0 (padding) is zero
+    for item in out.items:
+        j = rec.item_index[item.item_id]
+        if j in (1, 5):  # viewed (not purchased) items may come back, as a reminder
+            assert item.reason == RECENT_REASON
+            continue
+        best = max((1, 5), key=lambda h: float(unit[j] @ unit[h]))
+        assert item.reason == f"because you viewed i{best}"
 
 
 @pytest.mark.parametrize("bad_k", [0, -1, True, 2.5])
 def test_k_must_be_a_positive_integer(rec: Recommender, bad_k):
     with pytest.raises(ValueError, match="k must be"):
-        rec.recommend("alice", k=bad_k)
+        rec.recommend(session("i1"), k=bad_k)
 
 
 def test_k_larger_than_the_catalogue_returns_each_item_once(rec: Recommender):
-    out = rec.recommend("nobody", k=1000)
-    ids = [s.item_id for s in out.items]
-    assert len(ids) == N_ITEMS == len(set(ids))
-    assert "" not in ids  # padding never leaks out
+    out = rec.recommend(UserSession(), k=1000)
+    assert len(ids(out)) == N_ITEMS == len(set(ids(out)))
+    assert "" not in ids(out)  # padding never leaks out
 
 
 class CountingModel:
@@ -137,6 +132,7 @@ class CountingModel:
 
     def __init__(self, model) -> None:
         self.model = model
+        self.item_emb = model.item_emb
         self.batch_sizes: list[int] = []
 
     def score_next(self, seqs):
@@ -148,25 +144,25 @@ def test_recommend_many_scores_all_known_users_in_one_forward_pass(bundle: Model
     from aisys.models.sasrec import build_model
 
     counting = CountingModel(build_model(bundle))
-    rec = Recommender(bundle, {"alice": [1, 2, 3], "bob": [4], "dan": [7, 8]}, model=counting)
-    users = ["alice", "nobody", "bob", "dan"]
-    many = rec.recommend_many(users, k=3)
+    rec = Recommender(bundle, model=counting)
+    sessions = [session("i1", "i2", "i3"), UserSession(), session("i4"), session("i7", "i8")]
+    many = rec.recommend_many([ScoreRequest(s, 3) for s in sessions])
     assert counting.batch_sizes == [3]
-    singles = [rec.recommend(u, k=3) for u in users]
+    singles = [rec.recommend(s, k=3) for s in sessions]
     # Batched and single scoring agree up to float rounding (batch kernels differ).
     for batched, single in zip(many, singles):
-        assert [s.item_id for s in batched.items] == [s.item_id for s in single.items]
+        assert ids(batched) == ids(single)
         assert [s.score for s in batched.items] == pytest.approx([s.score for s in single.items], abs=1e-5)
-        assert (batched.fallback, batched.reason) == (single.fallback, single.reason)
+        assert (batched.fallback, batched.fallback_reason) == (single.fallback, single.fallback_reason)
     assert [r.fallback for r in many] == [False, True, False, False]
 
 
 def test_bundle_without_weights_serves_popularity_to_everyone():
-    rec = Recommender(tiny_bundle(with_weights=False), {"alice": [1, 2]})
+    rec = Recommender(tiny_bundle(with_weights=False))
     assert rec.model_loaded is False
-    out = rec.recommend("alice", k=2)
-    assert out.fallback is True and out.reason == "no_model"
-    assert {s.item_id for s in out.items}.isdisjoint({"i1", "i2"})
+    out = rec.recommend(session("i1", "i2"), k=2, exclude=frozenset({"i1"}))
+    assert out.fallback is True and out.fallback_reason == "no_model"
+    assert ids(out) == ["i2", "i3"]
 
 
 def test_top_k_skips_excluded_and_breaks_ties_by_index():
@@ -174,18 +170,40 @@ def test_top_k_skips_excluded_and_breaks_ties_by_index():
     idx, values = top_k(scores, 3)
     assert idx.tolist() == [2, 3, 5]
     assert values.tolist() == [3.0, 3.0, 2.0]
-    idx_all, _ = top_k(scores, 10)
-    assert idx_all.tolist() == [2, 3, 5, 1]
+    assert top_k(scores, 10)[0].tolist() == [2, 3, 5, 1]
+    ties = np.array([-np.inf, 1.0, 1.0, 1.0, 1.0])
+    assert top_k(ties, 2)[0].tolist() == [1, 2]  # the lowest indices among equals
 
 
-def test_in_memory_session_store_append_and_bulk_load():
-    store = InMemorySessionStore()
-    assert store.get("x") == []
-    store.bulk_load({"x": [1, 2]})
-    assert store.append("x", 3, max_len=2) == [2, 3]
-    assert store.get("x") == [2, 3]
-    got = store.get("x")
-    got.append(99)  # callers get copies, not the store's list
-    assert store.get("x") == [2, 3]
-    with pytest.raises(ValueError, match="padding"):
-        store.append("x", 0, max_len=2)
+def test_session_table_records_events_bounded_with_purchases_and_last_event():
+    table = SessionTable(max_items=3)
+    assert table.get_many(["x"]) == [UserSession()]
+    for n, (item, kind) in enumerate([("a", "view"), ("b", "purchase"), ("c", "view"), ("d", "add_to_cart")]):
+        table.record("x", f"e{n}", item, kind)
+    (x,) = table.get_many(["x"])
+    assert x.items == ("b", "c", "d") and x.last_event_id == "e3" and x.purchased == {"b"}
+
+
+def test_session_table_bulk_loads_a_snapshot_once_and_keeps_live_users():
+    table = SessionTable(max_items=2)
+    table.record("live", "e9", "z", "view")
+    seeded = table.bulk_load({"live": session("a"), "new": session("a", "b", "c", purchased=("a",))}, "snap-1")
+    assert seeded == 1
+    live, new = table.get_many(["live", "new"])
+    assert live.items == ("z",)  # live state is newer than any snapshot
+    assert new.items == ("b", "c") and new.purchased == {"a"}
+    assert table.has_snapshot("snap-1") and not table.has_snapshot("snap-2")
+    table.record("new", "e10", "d", "view")
+    assert table.bulk_load({"new": session("a")}, "snap-1") == 0  # the same snapshot again is a no-op
+    assert table.get_many(["new"])[0].items == ("c", "d")
+
+
+def test_in_memory_store_is_the_async_face_of_the_table():
+    async def scenario():
+        store = InMemorySessionStore(max_items=5)
+        await store.record("u", "e1", "i1", "purchase")
+        assert await store.bulk_load({"v": session("i2")}, "s") == 1
+        return await store.get_many(["u", "v", "w"]), await store.has_snapshot("s")
+
+    (u, v, w), loaded = asyncio.run(scenario())
+    assert u.items == ("i1",) and u.purchased == {"i1"} and v.items == ("i2",) and w == UserSession() and loaded

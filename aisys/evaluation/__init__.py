@@ -1,0 +1,1 @@
+"""Offline evaluation: the MovieLens protocol, full-ranking metrics, segments and the runner."""

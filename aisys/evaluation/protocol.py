@@ -1,0 +1,203 @@
+"""The offline evaluation protocol for MovieLens-100K (pure numpy; see docs/evaluation.md).
+
+Interactions are every rating, whatever its value, in the source file's row
+order. Items are indexed ``1..n_items`` over the whole catalogue (the item
+file, not only rated items); index 0 is padding.
+
+Two splits, each giving a *valid* task (tune on it) and a *test* task:
+
+- **Leave-last-one-out** (:func:`leave_one_out_tasks`): each user's
+  interactions sorted by timestamp, ties by row order (stable). Last = test
+  target, second-last = valid target, the rest train. The valid task is fit on
+  train; the test task is fit on train + valid. Users with fewer than 3
+  interactions are train-only (never evaluated).
+- **Global temporal** (:func:`temporal_tasks`): cut at the timestamp of the
+  ``ceil(0.8 N)``-th interaction in time order; ties at the cut stay in train.
+  Evaluated users have interactions on both sides; their targets are the
+  distinct test-period items not in their train history (users left with no
+  such item are not evaluated). The valid task applies the same rule inside
+  train.
+
+A task's ``train`` is exactly what a model is fit on, and each evaluated
+user's known history (excluded from ranking, and the sequential model's input)
+is their ``train`` sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MIN_LOO_INTERACTIONS = 3
+TEMPORAL_TRAIN_SHARE = 0.8
+
+
+@dataclass
+class Interactions:
+    """Every interaction as parallel arrays, in source row order (the tie-breaker)."""
+
+    users: np.ndarray  # (N,) object: user ids as strings
+    items: np.ndarray  # (N,) int64: item index 1..n_items
+    timestamps: np.ndarray  # (N,) int64
+    item_ids: list[str]  # catalogue: item_ids[i] is the external id of index i; item_ids[0] == ""
+
+    @property
+    def n_items(self) -> int:
+        """Catalogue size (padding excluded)."""
+        return len(self.item_ids) - 1
+
+    def __len__(self) -> int:
+        return int(self.items.size)
+
+    def take(self, rows: np.ndarray) -> "Interactions":
+        """The interactions at ``rows`` (a mask or sorted positions), row order kept."""
+        return Interactions(self.users[rows], self.items[rows], self.timestamps[rows], self.item_ids)
+
+
+@dataclass
+class EvalTask:
+    """Fit on ``train``; rank every item for each of ``users``; their ``targets`` are the relevant items."""
+
+    name: str
+    n_items: int
+    train: dict[str, list[int]]  # per user, item indices in time order: what the model is fit on
+    users: list[str] = field(default_factory=list)
+    targets: list[list[int]] = field(default_factory=list)  # one or more distinct items per user
+
+    def histories(self) -> list[list[int]]:
+        """Each evaluated user's known history: the model input and the items excluded from ranking."""
+        return [self.train.get(u, []) for u in self.users]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def catalogue(item_ids: Sequence[str]) -> list[str]:
+    """The catalogue's item ids in index order (padding first): numeric ids sorted as numbers."""
+    unique = {str(i) for i in item_ids}
+    if not unique:
+        raise ValueError("item_ids is empty: the catalogue needs at least one item")
+    key = (lambda s: (0, int(s), s)) if all(s.isdigit() for s in unique) else (lambda s: (1, 0, s))
+    return [""] + sorted(unique, key=key)
+
+
+def interactions_from_events(events: pa.Table, item_ids: Sequence[str]) -> Interactions:
+    """Build :class:`Interactions` from an event table (``user_id``, ``item_id``, ``timestamp``).
+
+    ``item_ids`` is the catalogue (e.g. every id of the item file); an event on
+    an item outside it is an error, since the protocol ranks the whole catalogue.
+    """
+    for column in ("user_id", "item_id", "timestamp"):
+        if column not in events.column_names:
+            raise ValueError(f"events table lacks column {column!r}; it has {events.column_names}")
+    ids = catalogue(item_ids)
+    index = {item: i for i, item in enumerate(ids) if i}
+    raw_items = events.column("item_id").cast(pa.string()).to_pylist()
+    unknown = sorted({i for i in raw_items if i not in index})
+    if unknown:
+        raise ValueError(f"{len(unknown)} event item_id(s) are not in the catalogue, e.g. {unknown[:5]}")
+    ts_col = events.column("timestamp")
+    if pa.types.is_timestamp(ts_col.type):
+        ts_col = pc.cast(ts_col, pa.int64())
+    return Interactions(
+        users=np.asarray(events.column("user_id").cast(pa.string()).to_pylist(), dtype=object),
+        items=np.fromiter((index[i] for i in raw_items), dtype=np.int64, count=len(raw_items)),
+        timestamps=np.asarray(ts_col.to_numpy(zero_copy_only=False), dtype=np.int64),
+        item_ids=ids,
+    )
+
+
+def time_order(timestamps: np.ndarray) -> np.ndarray:
+    """Positions sorted by timestamp, ties by position (an explicit stable sort)."""
+    timestamps = np.asarray(timestamps)
+    return np.lexsort((np.arange(timestamps.size), timestamps))
+
+
+def user_sequences(data: Interactions) -> dict[str, list[int]]:
+    """Each user's item indices by timestamp, ties by source row; users in first-appearance order."""
+    sequences: dict[str, list[int]] = {}
+    for row in time_order(data.timestamps):
+        sequences.setdefault(str(data.users[row]), []).append(int(data.items[row]))
+    # First-appearance order in the file makes the user order independent of time ties.
+    first_seen = {u: i for i, u in reversed(list(enumerate(data.users)))}
+    return {u: sequences[u] for u in sorted(sequences, key=first_seen.__getitem__)}
+
+
+def leave_one_out_tasks(data: Interactions) -> tuple[EvalTask, EvalTask]:
+    """The leave-last-one-out (valid, test) tasks (see module docstring)."""
+    sequences = user_sequences(data)
+    valid = EvalTask("loo/valid", data.n_items, {})
+    test = EvalTask("loo/test", data.n_items, {})
+    for user, seq in sequences.items():
+        if len(seq) < MIN_LOO_INTERACTIONS:
+            valid.train[user] = list(seq)
+            test.train[user] = list(seq)
+            continue
+        valid.train[user] = seq[:-2]
+        test.train[user] = seq[:-1]
+        valid.users.append(user)
+        valid.targets.append([seq[-2]])
+        test.users.append(user)
+        test.targets.append([seq[-1]])
+    return valid, test
+
+
+def temporal_cut(timestamps: np.ndarray, train_share: float = TEMPORAL_TRAIN_SHARE) -> int:
+    """The cut timestamp: that of the ``ceil(train_share * N)``-th interaction in time order."""
+    timestamps = np.asarray(timestamps)
+    if timestamps.size == 0:
+        raise ValueError("no interactions to cut")
+    if not 0 < train_share <= 1:
+        raise ValueError(f"train_share must be in (0, 1], got {train_share}")
+    position = math.ceil(round(train_share * timestamps.size, 9))  # round: 0.8 * 10 must be 8, not 8.000001
+    return int(np.sort(timestamps, kind="stable")[position - 1])
+
+
+def temporal_task(data: Interactions, name: str, train_share: float = TEMPORAL_TRAIN_SHARE) -> EvalTask:
+    """One global temporal task on ``data``: train up to the cut (ties in train), targets after it."""
+    cut = temporal_cut(data.timestamps, train_share)
+    in_train = data.timestamps <= cut
+    train = user_sequences(data.take(in_train))
+    task = EvalTask(name, data.n_items, train)
+    after = data.take(~in_train)
+    for user, seq in user_sequences(after).items():
+        history = train.get(user)
+        if not history:
+            continue  # no train interaction: a cold-start user, not evaluated
+        seen = set(history)
+        targets = list(dict.fromkeys(i for i in seq if i not in seen))  # distinct, first-time order
+        if targets:
+            task.users.append(user)
+            task.targets.append(targets)
+    return task
+
+
+def temporal_tasks(data: Interactions, train_share: float = TEMPORAL_TRAIN_SHARE) -> tuple[EvalTask, EvalTask]:
+    """The global temporal (valid, test) tasks: valid applies the same cut inside train."""
+    test = temporal_task(data, "temporal/test", train_share)
+    train_rows = data.timestamps <= temporal_cut(data.timestamps, train_share)
+    valid = temporal_task(data.take(train_rows), "temporal/valid", train_share)
+    return valid, test
+
+
+def split_tasks(data: Interactions, split: str) -> tuple[EvalTask, EvalTask]:
+    """(valid, test) tasks of ``split``: ``"loo"`` or ``"temporal"``."""
+    if split == "loo":
+        return leave_one_out_tasks(data)
+    if split == "temporal":
+        return temporal_tasks(data)
+    raise ValueError(f"split must be 'loo' or 'temporal', got {split!r}")
+
+
+def item_popularity(task: EvalTask) -> np.ndarray:
+    """Train interactions per item index, shape (n_items + 1,), float64; index 0 is 0."""
+    counts = np.zeros(task.n_items + 1, dtype=np.float64)
+    for seq in task.train.values():
+        np.add.at(counts, np.asarray(seq, dtype=np.int64), 1.0)
+    counts[0] = 0.0
+    return counts

@@ -1,0 +1,82 @@
+"""The ``aisys keys`` verb: create, list and revoke API keys in the key file.
+
+``register(sub, common)`` adds the verb to the CLI's subparsers; ``common``
+adds ``--config``/``--set`` to each action, so they go after it
+(``aisys keys create --name shop --scope storefront --config my.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from aisys.config import AppConfig
+from aisys.gateway.keys import SCOPES, FileKeyStore, create_key, keys_file_path, list_keys, revoke_key
+
+
+def cmd_keys(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys (stored hashed in gateway.keys_file)."""
+    path = keys_file_path(cfg)
+    store = FileKeyStore(path)
+    action = args.keys_action
+    if action == "create":
+        plaintext = create_key(
+            store, args.name, args.scope, rate_limit_per_s=args.rate_per_s, rate_limit_burst=args.burst
+        )
+        # The key alone on stdout (scriptable); the warning on stderr.
+        print(plaintext)
+        print(
+            f"created key {args.name!r} with scopes {sorted(set(args.scope))} in {path}; "
+            "this is the only time it is shown: store it now",
+            file=sys.stderr,
+        )
+        return 0
+    if action == "list":
+        keys = list_keys(store)
+        if args.json:
+            print(json.dumps(keys, indent=2))
+            return 0
+        if not keys:
+            print(f"no API keys in {path} (create one: aisys keys create --name NAME --scope SCOPE)")
+            return 0
+        print(f"{'name':<24} {'key_id':<14} {'scopes':<28} {'limit':<14} created_at")
+        for key in keys:
+            limit = "default"
+            if key["rate_limit_per_s"] is not None or key["rate_limit_burst"] is not None:
+                limit = f"{key['rate_limit_per_s'] or '-'}/s,{key['rate_limit_burst'] or '-'}"
+            scopes = ",".join(key["scopes"])
+            print(f"{key['name']:<24} {key['key_id']:<14} {scopes:<28} {limit:<14} {key['created_at']}")
+        return 0
+    if action == "revoke":
+        record = revoke_key(store, args.name)
+        print(f"revoked key {record.name!r} (key_id {record.key_id}); servers stop accepting it within "
+              f"gateway.keys_reload_s ({cfg.gateway.keys_reload_s:g} s)")
+        return 0
+    raise ValueError(f"unknown keys action {action!r}; use create, list or revoke")
+
+
+def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``aisys keys {create,list,revoke}`` to the CLI's subparsers."""
+    parser = sub.add_parser("keys", help="create, list and revoke API keys", description=cmd_keys.__doc__)
+    parser.set_defaults(func=cmd_keys)
+    actions = parser.add_subparsers(dest="keys_action", metavar="ACTION")
+    actions.required = True
+
+    create = actions.add_parser("create", help="create a key and print it once")
+    common(create)
+    create.add_argument("--name", required=True, help="unique key name (shown in access logs)")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=SCOPES, help="a scope (repeatable); admin implies all"
+    )
+    create.add_argument("--rate-per-s", type=float, default=None, help="this key's refill rate (overrides config)")
+    create.add_argument("--burst", type=int, default=None, help="this key's bucket size (overrides config)")
+
+    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    common(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    revoke = actions.add_parser("revoke", help="delete a key by name")
+    common(revoke)
+    revoke.add_argument("--name", required=True, help="the key to revoke")

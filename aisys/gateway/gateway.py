@@ -1,0 +1,258 @@
+"""The API gateway inside the FastAPI ingress: keys and scopes, per-key rate limits, cache, limits, logs.
+
+Usage (what the serving app does)::
+
+    gateway = Gateway.from_config(cfg)        # FileKeyStore + RayRateLimiter (+ cache if ttl > 0)
+    app = build_fastapi_app(...)
+    gateway.install(app)                      # middlewares + JSON handlers for 401/403/413/429/503
+    @router.get("/recommendations/{user_id}")
+    async def recs(principal: Annotated[Principal, Depends(gateway.require("recommend"))]): ...
+
+A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+Missing or unknown: 401. Known but without the scope: 403. Over its token
+bucket: 429 with ``Retry-After``; every request that passed the limiter also
+gets ``X-RateLimit-Limit/Remaining/Reset``. Keys holding the ``storefront``
+scope (and not ``admin``) get the tighter storefront limits; a key's own
+``rate_limit_per_s``/``rate_limit_burst`` override both. With
+``gateway.auth: false`` every request is an anonymous admin and nothing is
+limited: local development only.
+"""
+
+# No `from __future__ import annotations`: FastAPI evaluates the dependency's
+# parameter annotations at run time.
+import collections
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Callable, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.middleware.cors import CORSMiddleware
+
+from aisys.config import AppConfig
+from aisys.gateway.cache import ResponseCache
+from aisys.gateway.keys import SCOPES, FileKeyStore, KeyRecord, KeyStore, granted_scopes, keys_file_path
+from aisys.gateway.middleware import (
+    ACCESS_LOGGER_NAME,
+    STATE_KEY_NAME,
+    STATE_RESPONSE_HEADERS,
+    AccessLogMiddleware,
+    BodySizeLimitMiddleware,
+    GatewayError,
+    cors_options,
+    enable_access_log,
+    gateway_error_response,
+)
+from aisys.gateway.ratelimit import InMemoryRateLimiter, RateLimiter
+from aisys.serving.errors import request_id_of
+
+logger = logging.getLogger(__name__)
+
+# auto_error=False: a missing key is our 401 in our JSON shape, not FastAPI's.
+# Declared as security schemes, so the OpenAPI names them on every guarded route.
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <api key>`")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: <api key>`")
+
+BearerDep = Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]
+ApiKeyDep = Annotated[Optional[str], Depends(_api_key_header)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's name, every scope it grants, and its public id."""
+
+    name: str
+    scopes: frozenset
+    key_id: str = ""
+
+    def has(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES), key_id="")
+
+Listener = Callable[[str, Optional[str]], None]
+
+
+def _in_serve_replica() -> bool:
+    """Whether this runs inside a Ray Serve replica (whose proxy already echoes X-Request-ID)."""
+    if "ray.serve" not in sys.modules:  # never import Ray just to ask
+        return False
+    try:
+        from ray import serve
+
+        serve.get_replica_context()
+        return True
+    except Exception:
+        return False
+
+
+class Gateway:
+    """Authentication, scopes, rate limits and the response cache for one FastAPI app.
+
+    ``counts`` holds how many requests were refused, by error code
+    (``unauthorized``, ``forbidden``, ``too_many_requests``,
+    ``payload_too_large``, ``rate_limiter_unavailable``) plus
+    ``rate_limiter_degraded`` (served while the limiter was unreachable);
+    each listener in ``listeners`` is called with ``(code, key_name)``.
+    ``cache`` (hits, misses, ``on_hit``/``on_miss``) is for the routes to use.
+    """
+
+    def __init__(
+        self, cfg: AppConfig, keys: KeyStore, limiter: RateLimiter, cache: Optional[ResponseCache] = None
+    ) -> None:
+        self.cfg = cfg
+        self.settings = cfg.gateway
+        self.keys = keys
+        self.limiter = limiter
+        self.cache = cache
+        self.counts: collections.Counter = collections.Counter()
+        self.listeners: list[Listener] = []
+
+    @classmethod
+    def from_config(cls, cfg: AppConfig) -> "Gateway":
+        """The gateway ``cfg.gateway`` describes: key file, shared limiter actor (or per-process), cache."""
+        keys = FileKeyStore(keys_file_path(cfg), reload_every_s=cfg.gateway.keys_reload_s)
+        limiter: RateLimiter
+        if cfg.gateway.rate_limit_backend == "actor" and cfg.gateway.auth:
+            import ray
+
+            from aisys.gateway.ratelimit import RayRateLimiter
+
+            ray_limiter = RayRateLimiter.from_config(cfg)
+            if ray.is_initialized():  # in a replica: start the shared actor now, not on the first request
+                ray_limiter.connect()
+            limiter = ray_limiter
+        else:
+            limiter = InMemoryRateLimiter()
+        if not cfg.gateway.auth:
+            logger.warning("gateway.auth is false: every request is served without a key (local development only)")
+        if cfg.serve.access_log:
+            enable_access_log()
+        else:  # the demo and benchmarks turn per-request lines off, like Serve's own access log
+            logging.getLogger(ACCESS_LOGGER_NAME).setLevel(logging.WARNING)
+        return cls(cfg, keys, limiter, ResponseCache.from_config(cfg))
+
+    # ------------------------------------------------------------------ counters
+
+    @property
+    def rate_limited(self) -> int:
+        """Requests refused with 429 so far."""
+        return self.counts["too_many_requests"]
+
+    def _count(self, code: str, key_name: Optional[str] = None) -> None:
+        self.counts[code] += 1
+        for listener in self.listeners:
+            listener(code, key_name)
+
+    # ------------------------------------------------------------------ wiring
+
+    def install(self, app: FastAPI, *, echo_request_id: Optional[bool] = None) -> None:
+        """Add the gateway's middlewares and JSON error handler to ``app`` (before it starts).
+
+        Outermost first: access log + request id, CORS, body-size limit, then
+        the app. ``echo_request_id`` defaults to "not inside a Serve replica"
+        (Serve's proxy echoes the id itself).
+        """
+        if getattr(app.state, "gateway", None) is not None:
+            raise RuntimeError("a gateway is already installed on this app (install() once, before it starts)")
+        if echo_request_id is None:
+            echo_request_id = not _in_serve_replica()
+        app.add_exception_handler(GatewayError, self._on_gateway_error)
+        # add_middleware puts each new one outside the previous ones.
+        app.add_middleware(
+            BodySizeLimitMiddleware,
+            max_body_bytes=self.settings.max_body_bytes,
+            on_reject=lambda: self._count("payload_too_large"),
+        )
+        app.add_middleware(CORSMiddleware, **cors_options(self.settings.cors_origins))
+        app.add_middleware(AccessLogMiddleware, echo_request_id=echo_request_id)
+        app.state.gateway = self
+
+    async def _on_gateway_error(self, request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        if exc.code == "payload_too_large":  # the others are counted where they are raised
+            self._count(exc.code)
+        return gateway_error_response(exc, request_id_of(request))
+
+    def limits_for(self, record: KeyRecord) -> tuple[float, int]:
+        """``(rate per second, burst)`` for a key: its override, else storefront or default limits."""
+        g = self.settings
+        if "storefront" in record.scopes and "admin" not in record.scopes:
+            rate, burst = g.storefront_rate_limit_per_s, g.storefront_rate_limit_burst
+        else:
+            rate, burst = g.rate_limit_per_s, g.rate_limit_burst
+        return (
+            record.rate_limit_per_s if record.rate_limit_per_s is not None else rate,
+            record.rate_limit_burst if record.rate_limit_burst is not None else burst,
+        )
+
+    # ------------------------------------------------------------------ the dependency
+
+    def require(self, scope: str) -> Callable:
+        """A FastAPI dependency: a valid key with ``scope``, within its rate limit; returns the :class:`Principal`."""
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; known scopes: {', '.join(SCOPES)}")
+
+        async def require_scope(request: Request, bearer: BearerDep, api_key: ApiKeyDep) -> Principal:
+            return await self.authorize(request, scope, bearer.credentials if bearer else None, api_key)
+
+        require_scope.__name__ = f"require_{scope}"
+        return require_scope
+
+    async def authorize(
+        self, request: Request, scope: str, bearer_key: Optional[str], header_key: Optional[str]
+    ) -> Principal:
+        """Check a presented key for ``scope`` and take a token; raise :class:`GatewayError` otherwise."""
+        if not self.settings.auth:
+            setattr(request.state, STATE_KEY_NAME, ANONYMOUS.name)
+            return ANONYMOUS
+        presented = bearer_key or header_key
+        if not presented:
+            self._count("unauthorized")
+            raise GatewayError(
+                401,
+                "unauthorized",
+                "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        record = self.keys.lookup(presented)
+        if record is None:
+            self._count("unauthorized")
+            raise GatewayError(
+                401, "unauthorized", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        principal = Principal(name=record.name, scopes=granted_scopes(record.scopes), key_id=record.key_id)
+        setattr(request.state, STATE_KEY_NAME, record.name)
+        if not principal.has(scope):
+            self._count("forbidden", record.name)
+            raise GatewayError(
+                403,
+                "forbidden",
+                f"key {record.name!r} lacks scope {scope!r} (it has: {', '.join(record.scopes)})",
+            )
+        rate, burst = self.limits_for(record)
+        decision = await self.limiter.acquire_async(record.key_id, rate, burst)
+        setattr(request.state, STATE_RESPONSE_HEADERS, decision.headers())
+        if decision.error is not None:
+            if not decision.allowed:
+                self._count("rate_limiter_unavailable", record.name)
+                raise GatewayError(
+                    503,
+                    "rate_limiter_unavailable",
+                    "the rate limiter is unreachable and gateway.rate_limit_fail_open is false; retry shortly",
+                    headers=decision.headers(),
+                )
+            self._count("rate_limiter_degraded", record.name)
+        elif not decision.allowed:
+            self._count("too_many_requests", record.name)
+            raise GatewayError(
+                429,
+                "too_many_requests",
+                f"rate limit of key {record.name!r} exceeded ({burst} burst, {rate:g}/s); "
+                f"retry in {decision.retry_after_s:.2f} s",
+                headers=decision.headers(),
+            )
+        return principal

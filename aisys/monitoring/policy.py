@@ -1,0 +1,288 @@
+"""When to retrain (pure): triggers, blocks, and an audit row for every decision.
+
+:class:`RetrainPolicy` looks at a :class:`PolicyState` (what the monitor knows) at
+a given time and returns a :class:`Decision`. It *triggers* on
+
+* ``drift``: the largest PSI of a check above ``psi_threshold`` for the last
+  ``drift_consecutive_checks`` checks in a row;
+* ``hit_rate_drop``: the serving model's recent online hit-rate below its own
+  baseline by more than ``hit_rate_drop`` (relative), once ``hit_rate_min_lists``
+  lists back it;
+* ``new_data``: at least ``min_new_events`` events since the model's snapshot.
+
+A trigger is *blocked* by the cooldown (the last retrain less than
+``cooldown_s`` ago) or the daily budget (``max_retrains_per_day`` retrains in
+the last 24 hours, a rolling window). ``retrain`` is true only when something
+triggered and nothing blocked. Every decision, "no" included, is appended to the
+audit log with its time, inputs and reasons.
+
+The clock is the caller's: ``evaluate(state, now)``, so tests step time freely.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal, Mapping, Protocol, Sequence
+
+import pandas as pd
+import pyarrow as pa
+
+from aisys.config import MonitorConfig
+
+DAY = timedelta(days=1)
+Outcome = Literal["retrain", "blocked", "none"]
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the policy decides on. Times are UTC datetimes."""
+
+    drift_history: Sequence[Mapping[str, float]] = ()  # PSI per feature of each check, oldest first
+    model_version: str | None = None
+    online_hit_rate: float | None = None  # recent hit-rate of the serving model
+    baseline_hit_rate: float | None = None  # the same model's own baseline
+    judged_lists: int = 0  # lists behind online_hit_rate
+    new_events: int = 0  # events since the model's training snapshot
+    retrain_times: Sequence[datetime] = ()  # earlier retrain decisions
+
+    def to_inputs(self) -> dict[str, Any]:
+        """The state as plain JSON-able inputs for the audit row (latest drift check only)."""
+        return {
+            "latest_drift": dict(self.drift_history[-1]) if self.drift_history else {},
+            "drift_checks": len(self.drift_history),
+            "model_version": self.model_version,
+            "online_hit_rate": self.online_hit_rate,
+            "baseline_hit_rate": self.baseline_hit_rate,
+            "judged_lists": self.judged_lists,
+            "new_events": self.new_events,
+            "retrain_times": [_utc(t).isoformat() for t in self.retrain_times],
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One evaluation: whether to retrain, what triggered, what blocked."""
+
+    at: datetime
+    retrain: bool
+    triggers: tuple[str, ...]  # machine names: drift, hit_rate_drop, new_data
+    reasons: tuple[str, ...]  # one sentence per trigger (or why nothing triggered)
+    blocked_by: tuple[str, ...]  # one sentence per block (empty unless something triggered)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    model_version: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """``retrain``, ``blocked`` (triggered but held back) or ``none``."""
+        if self.retrain:
+            return "retrain"
+        return "blocked" if self.triggers else "none"
+
+    def to_record(self) -> dict[str, Any]:
+        """The audit row."""
+        return {
+            "at": self.at,
+            "model_version": self.model_version,
+            "retrain": self.retrain,
+            "outcome": self.outcome,
+            "triggers": list(self.triggers),
+            "reasons": list(self.reasons),
+            "blocked_by": list(self.blocked_by),
+            "inputs": json.dumps(self.inputs, sort_keys=True, default=str),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (for status views)."""
+        record = self.to_record()
+        record["at"] = self.at.isoformat()
+        record["inputs"] = self.inputs
+        return record
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+class RetrainPolicy:
+    """The retrain rules of ``cfg.monitor``; see the module docstring."""
+
+    def __init__(self, cfg: MonitorConfig, audit: "AuditLog | None" = None):
+        self.cfg = cfg
+        self.audit = audit if audit is not None else InMemoryAuditLog()
+
+    def drift_streak(self, drift_history: Sequence[Mapping[str, float]]) -> int:
+        """Checks in a row, ending with the latest, whose largest PSI is above the threshold."""
+        streak = 0
+        for check in reversed(drift_history):
+            if check and max(check.values()) > self.cfg.psi_threshold:
+                streak += 1
+            else:
+                break
+        return streak
+
+    def evaluate(self, state: PolicyState, now: datetime) -> Decision:
+        """Decide at ``now``, append the decision to the audit log, and return it."""
+        now = _utc(now)
+        cfg = self.cfg
+        triggers: list[str] = []
+        reasons: list[str] = []
+
+        streak = self.drift_streak(state.drift_history)
+        if streak >= cfg.drift_consecutive_checks:
+            latest = state.drift_history[-1]
+            drifted = sorted((f for f, v in latest.items() if v > cfg.psi_threshold), key=lambda f: -latest[f])
+            shown = ", ".join(f"{f} {latest[f]:.3f}" for f in drifted)
+            triggers.append("drift")
+            reasons.append(
+                f"drift: PSI above {cfg.psi_threshold} for {streak} consecutive checks "
+                f"(needs {cfg.drift_consecutive_checks}); latest: {shown}"
+            )
+
+        if (
+            state.online_hit_rate is not None
+            and state.baseline_hit_rate is not None
+            and state.baseline_hit_rate > 0
+            and state.judged_lists >= cfg.hit_rate_min_lists
+        ):
+            floor = state.baseline_hit_rate * (1.0 - cfg.hit_rate_drop)
+            if state.online_hit_rate < floor:
+                drop = 1.0 - state.online_hit_rate / state.baseline_hit_rate
+                triggers.append("hit_rate_drop")
+                reasons.append(
+                    f"hit_rate_drop: online hit-rate {state.online_hit_rate:.3f} is {drop:.0%} below the model's "
+                    f"baseline {state.baseline_hit_rate:.3f} (allowed {cfg.hit_rate_drop:.0%}, "
+                    f"{state.judged_lists} lists)"
+                )
+
+        if state.new_events >= cfg.min_new_events:
+            triggers.append("new_data")
+            reasons.append(f"new_data: {state.new_events} new events (threshold {cfg.min_new_events})")
+
+        blocked_by: list[str] = []
+        if triggers:
+            blocked_by = self._blocks(state.retrain_times, now)
+        else:
+            reasons.append(
+                f"no trigger: drift streak {streak}/{cfg.drift_consecutive_checks}, "
+                f"new events {state.new_events}/{cfg.min_new_events}, "
+                f"hit-rate {_fmt(state.online_hit_rate)} vs baseline {_fmt(state.baseline_hit_rate)} "
+                f"({state.judged_lists}/{cfg.hit_rate_min_lists} lists)"
+            )
+
+        decision = Decision(
+            at=now,
+            retrain=bool(triggers) and not blocked_by,
+            triggers=tuple(triggers),
+            reasons=tuple(reasons),
+            blocked_by=tuple(blocked_by),
+            inputs=state.to_inputs(),
+            model_version=state.model_version,
+        )
+        self.audit.append(decision.to_record())
+        return decision
+
+    def _blocks(self, retrain_times: Sequence[datetime], now: datetime) -> list[str]:
+        cfg = self.cfg
+        times = sorted(_utc(t) for t in retrain_times if _utc(t) <= now)
+        blocked: list[str] = []
+        if times and (now - times[-1]).total_seconds() < cfg.cooldown_s:
+            ago = (now - times[-1]).total_seconds()
+            blocked.append(
+                f"cooldown: last retrain {ago:.0f} s ago at {times[-1].isoformat()} (cooldown {cfg.cooldown_s:.0f} s)"
+            )
+        in_last_day = sum(1 for t in times if now - t < DAY)
+        if in_last_day >= cfg.max_retrains_per_day:
+            blocked.append(
+                f"daily budget: {in_last_day} retrain(s) in the last 24 h (max {cfg.max_retrains_per_day})"
+            )
+        return blocked
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# --- the audit table ---------------------------------------------------------------------------
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("model_version", pa.string()),
+        pa.field("retrain", pa.bool_(), nullable=False),
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("triggers", pa.list_(pa.string())),
+        pa.field("reasons", pa.list_(pa.string())),
+        pa.field("blocked_by", pa.list_(pa.string())),
+        pa.field("inputs", pa.string()),  # JSON: the inputs differ in shape between decisions
+    ]
+)
+
+
+class AuditLog(Protocol):
+    """Append-only table of retrain decisions."""
+
+    def append(self, record: Mapping[str, Any]) -> None: ...
+
+    def read(self) -> pd.DataFrame: ...
+
+
+def _audit_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
+    rows = [{name: record.get(name) for name in AUDIT_SCHEMA.names} for record in records]
+    for row in rows:
+        row["at"] = _utc(row["at"])
+    return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+
+
+class InMemoryAuditLog:
+    """The audit log of tests and of a monitor without a lake."""
+
+    def __init__(self) -> None:
+        self._records: list[dict[str, Any]] = []
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self._records.append(dict(record))
+
+    def read(self) -> pd.DataFrame:
+        return _audit_table(self._records).to_pandas()
+
+
+class ParquetAuditLog:
+    """Audit rows as Parquet files under ``<lake>/monitoring/retrain_audit/``.
+
+    Each append writes one small file (named by time, then a random token), so
+    concurrent writers never rewrite each other's rows and a crash loses at most
+    the row being written.
+    """
+
+    def __init__(self, lake_uri: str):
+        import pyarrow.fs as pafs
+        from pathlib import Path
+
+        self.uri = f"{lake_uri.rstrip('/')}/monitoring/retrain_audit"
+        if "://" in lake_uri:
+            self.fs, root = pafs.FileSystem.from_uri(lake_uri)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), str(Path(lake_uri).expanduser().absolute())
+        self.folder = f"{root.rstrip('/')}/monitoring/retrain_audit"
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        import pyarrow.parquet as pq
+
+        table = _audit_table([record])
+        at = _utc(record["at"]).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.fs.create_dir(self.folder, recursive=True)
+        pq.write_table(table, f"{self.folder}/part-{at}-{uuid.uuid4().hex[:8]}.parquet", filesystem=self.fs)
+
+    def read(self) -> pd.DataFrame:
+        import pyarrow.dataset as ds
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(self.folder, allow_not_found=True)
+        files = sorted(i.path for i in self.fs.get_file_info(selector) if i.base_name.endswith(".parquet"))
+        if not files:
+            return AUDIT_SCHEMA.empty_table().to_pandas()
+        table = ds.dataset(files, schema=AUDIT_SCHEMA, format="parquet", filesystem=self.fs).to_table()
+        return table.sort_by("at").to_pandas()

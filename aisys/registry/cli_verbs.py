@@ -1,0 +1,125 @@
+"""CLI verbs for the sweep, the promotion gate and rollback: ``aisys tune | promote | rollback``.
+
+``aisys/cli.py`` wires them with :func:`register`. Heavy imports (Ray, torch, MLflow) happen inside the verbs.
+Exit codes: 0 done (for ``promote``: promoted), 3 the gate refused (so scripts and CI can branch on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from aisys.config import AppConfig
+
+EXIT_REFUSED = 3
+
+
+def cmd_tune(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Ray Tune sweep (ASHA) over SASRec settings on a lake snapshot; register the best as challenger."""
+    from aisys.runtime import init_ray
+    from aisys.tuning.sweep import run_sweep
+
+    init_ray(cfg)
+    outcome = run_sweep(cfg, snapshot_id=args.snapshot)
+    _print_sweep(outcome)
+    return 0
+
+
+def cmd_promote(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Gate a registered version (default: the challenger) against the champion; promote it if it passes."""
+    from aisys.registry.promotion import promote
+
+    try:
+        outcome = promote(cfg, version=args.version, snapshot_id=args.snapshot)
+    except LookupError as err:  # no challenger / unknown version: a usage problem, not a crash
+        print(f"aisys promote: {err}", file=sys.stderr)
+        return 1
+    _print_decision(outcome)
+    return 0 if outcome.promoted else EXIT_REFUSED
+
+
+def cmd_rollback(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Make the previous champion current again."""
+    from aisys.registry.promotion import rollback
+
+    try:
+        from_version, to_version = rollback(cfg)
+    except LookupError as err:  # nothing to roll back to
+        print(f"aisys rollback: {err}", file=sys.stderr)
+        return 1
+    print(f"{cfg.registry.model_name}: {cfg.registry.champion_alias!r} rolled back from version "
+          f"{from_version} to version {to_version}")
+    return 0
+
+
+VERBS: dict[str, tuple[Callable[[AppConfig, argparse.Namespace], int], str]] = {
+    "tune": (cmd_tune, "Ray Tune sweep over the model's settings; the best is registered as challenger"),
+    "promote": (cmd_promote, "gate a version against the champion on the same holdout; promote if it passes"),
+    "rollback": (cmd_rollback, "make the previous champion current again"),
+}
+
+
+def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``tune``, ``promote`` and ``rollback`` to ``sub``; ``common`` adds ``--config``/``--set``."""
+    for name, (func, help_text) in VERBS.items():
+        parser = sub.add_parser(name, help=help_text, description=(func.__doc__ or help_text).strip())
+        common(parser)
+        parser.set_defaults(func=func)
+        if name in ("tune", "promote"):
+            parser.add_argument("--snapshot", default=None, help="lake snapshot id (default: latest)")
+        if name == "promote":
+            parser.add_argument(
+                "--version", default=None, help="candidate model version (default: the challenger alias)"
+            )
+
+
+def _print_sweep(outcome) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("trial", "status", "epochs", "best valid", *outcome.best_config, title="sweep (ASHA)")
+    metric_key = next((k for k in (outcome.trials[0] if outcome.trials else {}) if k.startswith("best_valid_")), "")
+    for trial in sorted(outcome.trials, key=lambda t: -t.get(metric_key, float("-inf"))):
+        table.add_row(
+            trial["trial_id"], trial["status"], str(trial["epochs"]), f"{trial.get(metric_key, float('nan')):.4f}",
+            *(_short(trial["config"].get(k)) for k in outcome.best_config),
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"best: {json.dumps({k: _short(v) for k, v in outcome.best_config.items()})}\n"
+        f"test metrics: {json.dumps({k: round(v, 4) for k, v in outcome.best_metrics.items()})}\n"
+        f"registered version {outcome.model_version} as challenger; sweep run {outcome.parent_run_id}; "
+        f"{outcome.wall_s:.0f} s"
+    )
+
+
+def _print_decision(outcome) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    verdict = "[bold green]PROMOTED[/]" if outcome.promoted else "[bold red]REFUSED[/]"
+    console.print(
+        f"candidate version {outcome.candidate_version} vs champion version {outcome.champion_version or '(none)'} "
+        f"on holdout {outcome.holdout_id}: {verdict}"
+    )
+    if outcome.decision.checks:
+        table = Table("check", "ok", "candidate", "champion", "threshold")
+        for check in outcome.decision.checks:
+            table.add_row(check.name, "yes" if check.passed else "[red]no[/]",
+                          *(_short(v) for v in (check.candidate, check.champion, check.threshold)))
+        console.print(table)
+    for reason in outcome.decision.reasons:
+        console.print(f"- {reason}")
+    console.print(f"decision logged in MLflow run {outcome.run_id}")
+
+
+def _short(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,300 @@
+"""The promotion gate: may a candidate model replace the champion? (pure: no MLflow, no Ray, no torch)
+
+:func:`decide` compares two :class:`EvalReport` s computed on the **same holdout** and returns a
+:class:`GateDecision` whose ``checks`` list every rule with the numbers behind it and whose ``reasons`` say, in
+words, why the candidate was promoted or refused. The rules (thresholds from :class:`~aisys.config.GateConfig`):
+
+1. **Integrity** (checked first; if one fails, nothing else is compared because the numbers mean nothing):
+   both reports are on the same ``holdout_id``; every required metric is present and finite in both; the
+   candidate's weights hold no NaN/inf (``EvalReport.nonfinite_weights``).
+2. **Primary metric**: ``candidate[metric] >= champion[metric] * (1 + min_improvement)`` and strictly above the
+   champion's (an identical model is not an improvement).
+3. **Coverage**: ``candidate["coverage@10"] >= min_coverage`` (absolute, judged even without a champion).
+4. **Popularity bias**: ``candidate["popularity@10"] <= max_popularity_ratio * champion["popularity@10"]``.
+5. **Segments**: in every segment bucket where the champion's report has ``>= min_segment_users`` users, the
+   candidate's ``metric`` is at least ``champion * (1 - segment_tolerance)``. Smaller buckets are listed as not
+   judged.
+
+Without a champion, rules 2, 4 and 5 have nothing to compare against: the candidate is promoted when the
+integrity and coverage checks pass, and the reasons say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from aisys.config import GateConfig
+
+K = 10
+COVERAGE = f"coverage@{K}"
+POPULARITY = f"popularity@{K}"
+N_USERS = "n_users"
+REQUIRED_METRICS = (f"ndcg@{K}", f"hr@{K}", f"mrr@{K}", COVERAGE, POPULARITY, N_USERS)
+
+# Segment metrics: {segment name: {bucket label: {"ndcg@10": ..., "n_users": ...}}}
+SegmentMetrics = dict[str, dict[str, dict[str, float]]]
+
+
+@dataclass
+class EvalReport:
+    """One model's evaluation on one holdout: what the gate compares.
+
+    ``metrics`` holds at least :data:`REQUIRED_METRICS`; ``segments`` the per-bucket metrics (any segmentation:
+    user activity, item popularity, gender, ...); ``nonfinite_weights`` the names of weight tensors holding
+    NaN/inf (see :func:`nonfinite_tensors`); ``model_version`` is for messages only.
+    """
+
+    metrics: dict[str, float]
+    holdout_id: str
+    segments: SegmentMetrics = field(default_factory=dict)
+    nonfinite_weights: list[str] = field(default_factory=list)
+    model_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (non-finite numbers become strings)."""
+        return jsonable(asdict(self))
+
+
+@dataclass
+class Check:
+    """One rule's outcome, with the numbers it compared (``None`` where a side has no number)."""
+
+    name: str
+    passed: bool
+    candidate: float | None = None
+    champion: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class GateDecision:
+    """Promote or refuse, why (``reasons``, human sentences) and every check behind it."""
+
+    promote: bool
+    reasons: list[str]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (non-finite numbers become strings: JSON has no NaN)."""
+        return jsonable(asdict(self))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its string (``"nan"``, ``"inf"``), recursively."""
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else str(float(value))
+    return value
+
+
+def nonfinite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state_dict`` that hold a NaN or an infinity.
+
+    Works on torch tensors and numpy arrays alike (both convert with ``np.asarray`` on CPU). NaN weights would
+    make every score NaN, and a NaN score never compares ``>=`` the target's, so the ranking metrics of a broken
+    model can look perfect: this check is what stops it.
+    """
+    bad = []
+    for name, value in state_dict.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad.append(name)
+    return bad
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(float(value))
+
+
+def _label(report: EvalReport, role: str) -> str:
+    return f"{role} (version {report.model_version})" if report.model_version else role
+
+
+def _integrity_checks(candidate: EvalReport, champion: EvalReport | None) -> list[Check]:
+    checks: list[Check] = []
+    if champion is not None:
+        same = candidate.holdout_id == champion.holdout_id
+        checks.append(
+            Check(
+                "same_holdout",
+                same,
+                detail=(
+                    f"both on holdout {candidate.holdout_id!r}"
+                    if same
+                    else f"candidate was evaluated on holdout {candidate.holdout_id!r} but the champion on "
+                    f"{champion.holdout_id!r}: the reports are not comparable; evaluate both on one holdout"
+                ),
+            )
+        )
+    for role, report in (("candidate", candidate), ("champion", champion)):
+        if report is None:
+            continue
+        missing = [m for m in REQUIRED_METRICS if m not in report.metrics]
+        broken = [m for m, v in report.metrics.items() if not _is_finite(v)]
+        bad_segments = [
+            f"{seg}={bucket}.{m}"
+            for seg, buckets in report.segments.items()
+            for bucket, values in buckets.items()
+            for m, v in values.items()
+            if not _is_finite(v)
+        ]
+        problems = []
+        if missing:
+            problems.append(f"lacks metric(s) {missing}")
+        if broken:
+            problems.append("non-finite metric(s) " + ", ".join(f"{m}={report.metrics[m]}" for m in broken))
+        if bad_segments:
+            problems.append(f"non-finite segment metric(s) {bad_segments}")
+        checks.append(
+            Check(
+                f"{role}_metrics_finite",
+                not problems,
+                detail=f"{_label(report, role)} "
+                + ("; ".join(problems) if problems else "has every metric, all finite"),
+            )
+        )
+    checks.append(
+        Check(
+            "candidate_weights_finite",
+            not candidate.nonfinite_weights,
+            detail=(
+                f"{_label(candidate, 'candidate')} has NaN/inf in weight tensor(s) {candidate.nonfinite_weights}"
+                if candidate.nonfinite_weights
+                else "no NaN/inf in the candidate's weights"
+            ),
+        )
+    )
+    return checks
+
+
+def _primary_check(candidate: EvalReport, champion: EvalReport, cfg: GateConfig) -> Check:
+    metric = cfg.metric
+    cand, champ = float(candidate.metrics[metric]), float(champion.metrics[metric])
+    threshold = champ * (1.0 + cfg.min_improvement)
+    passed = cand >= threshold and cand > champ
+    change = f"{(cand - champ) / champ:+.2%}" if champ else "n/a (champion is 0)"
+    return Check(
+        f"beats_champion:{metric}",
+        passed,
+        cand,
+        champ,
+        threshold,
+        f"{metric} {cand:.4f} vs champion {champ:.4f} ({change}); needs >= {threshold:.4f} "
+        f"(+{cfg.min_improvement:.2%}) and above the champion",
+    )
+
+
+def _coverage_check(candidate: EvalReport, cfg: GateConfig) -> Check:
+    value = float(candidate.metrics[COVERAGE])
+    return Check(
+        "coverage",
+        value >= cfg.min_coverage,
+        value,
+        None,
+        cfg.min_coverage,
+        f"{COVERAGE} {value:.4f}; needs >= {cfg.min_coverage:.4f}",
+    )
+
+
+def _popularity_check(candidate: EvalReport, champion: EvalReport, cfg: GateConfig) -> Check:
+    cand, champ = float(candidate.metrics[POPULARITY]), float(champion.metrics[POPULARITY])
+    limit = champ * cfg.max_popularity_ratio
+    return Check(
+        "popularity_bias",
+        cand <= limit,
+        cand,
+        champ,
+        limit,
+        f"{POPULARITY} {cand:.4g} vs champion {champ:.4g}; needs <= {limit:.4g} "
+        f"({cfg.max_popularity_ratio:g}x the champion's)",
+    )
+
+
+def _segment_checks(candidate: EvalReport, champion: EvalReport, cfg: GateConfig) -> list[Check]:
+    metric = cfg.metric
+    checks = []
+    for segment, buckets in sorted(champion.segments.items()):
+        for bucket, champ_values in sorted(buckets.items()):
+            name = f"segment:{segment}={bucket}"
+            n_users = int(champ_values.get(N_USERS, 0))
+            if n_users < cfg.min_segment_users:
+                checks.append(
+                    Check(name, True, detail=f"not judged: {n_users} users < min_segment_users {cfg.min_segment_users}")
+                )
+                continue
+            cand_values = candidate.segments.get(segment, {}).get(bucket)
+            if cand_values is None or metric not in cand_values or metric not in champ_values:
+                checks.append(
+                    Check(name, False, detail=f"{metric} missing for segment {segment}={bucket} in a report")
+                )
+                continue
+            cand, champ = float(cand_values[metric]), float(champ_values[metric])
+            floor = champ * (1.0 - cfg.segment_tolerance)
+            checks.append(
+                Check(
+                    name,
+                    cand >= floor,
+                    cand,
+                    champ,
+                    floor,
+                    f"{metric} in {segment}={bucket} ({n_users} users) {cand:.4f} vs champion {champ:.4f}; "
+                    f"needs >= {floor:.4f} (tolerance {cfg.segment_tolerance:.0%})",
+                )
+            )
+    return checks
+
+
+def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) -> GateDecision:
+    """Decide whether ``candidate`` replaces ``champion`` (``None``: there is no champion yet).
+
+    See the module docstring for the rules. ``reasons`` on a refusal are the failed checks' details; on a
+    promotion, a summary of why.
+    """
+    integrity = _integrity_checks(candidate, champion)
+    if any(not c.passed for c in integrity):
+        return GateDecision(False, [c.detail for c in integrity if not c.passed], integrity)
+    if champion is not None and not (cfg.metric in candidate.metrics and cfg.metric in champion.metrics):
+        check = Check(
+            f"beats_champion:{cfg.metric}", False, detail=f"gate.metric {cfg.metric!r} is missing from a report"
+        )
+        return GateDecision(False, [check.detail], integrity + [check])
+
+    checks = list(integrity)
+    if champion is None:
+        checks.append(_coverage_check(candidate, cfg))
+    else:
+        checks.append(_primary_check(candidate, champion, cfg))
+        checks.append(_coverage_check(candidate, cfg))
+        checks.append(_popularity_check(candidate, champion, cfg))
+        checks.extend(_segment_checks(candidate, champion, cfg))
+
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        return GateDecision(False, [c.detail for c in failed], checks)
+    if champion is None:
+        reasons = [
+            f"no champion yet: {_label(candidate, 'candidate')} is promoted because its guardrails pass "
+            f"({next(c.detail for c in checks if c.name == 'coverage')})"
+        ]
+    else:
+        primary = next(c for c in checks if c.name.startswith("beats_champion"))
+        judged = sum(1 for c in checks if c.name.startswith("segment:") and c.candidate is not None)
+        reasons = [
+            f"{_label(candidate, 'candidate')} beats {_label(champion, 'champion')}: {primary.detail}",
+            f"guardrails pass: coverage, popularity bias and {judged} judged segment bucket(s)",
+        ]
+    return GateDecision(True, reasons, checks)

@@ -1,0 +1,94 @@
+"""The session store as one named Ray actor shared by every replica (``cfg.online.session_store="actor"``).
+
+Every replica (and any driver) reaches the same actor by name, so an event
+posted to one replica is seen by the next request on any other. The actor is
+an async actor whose methods never await, so calls are applied one at a time
+in arrival order, and a call costs about a millisecond.
+
+The actor is *detached*: it outlives the replica that happened to create it
+(replicas come and go with autoscaling and swaps). It is named after the
+workspace, so two deployments with different workspaces on one cluster do not
+share sessions; :func:`drop_session_actor` removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Sequence
+
+import ray
+
+from aisys.config import AppConfig
+from aisys.serving.session_store import DEFAULT_MAX_ITEMS, SessionStore, SessionTable, UserSession
+
+NAMESPACE = "aisys"
+
+
+def session_actor_name(cfg: AppConfig) -> str:
+    """``aisys-sessions-<hash of the workspace>``: one store per workspace."""
+    digest = hashlib.sha256(cfg.paths.workspace.encode()).hexdigest()[:10]
+    return f"aisys-sessions-{digest}"
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class SessionStoreActor:
+    """Holds a :class:`SessionTable`; the methods mirror it."""
+
+    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+        self.table = SessionTable(max_items)
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        return self.table.get_many(user_ids)
+
+    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+        return self.table.record(user_id, event_id, item_id, event_type)
+
+    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        return self.table.bulk_load(sessions, snapshot_id)
+
+    async def has_snapshot(self, snapshot_id: str) -> bool:
+        return self.table.has_snapshot(snapshot_id)
+
+    async def size(self) -> int:
+        return len(self.table)
+
+
+class ActorSessionStore(SessionStore):
+    """:class:`SessionStore` over a :class:`SessionStoreActor` handle (awaits its object refs)."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        return await self.handle.get_many.remote(list(user_ids))
+
+    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+        return await self.handle.record.remote(user_id, event_id, item_id, event_type)
+
+    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        return await self.handle.bulk_load.remote(dict(sessions), snapshot_id)
+
+    async def has_snapshot(self, snapshot_id: str) -> bool:
+        return await self.handle.has_snapshot.remote(snapshot_id)
+
+
+def get_or_create_session_actor(cfg: AppConfig, max_items: int | None = None):
+    """The workspace's session actor, created on first use (race-free: ``get_if_exists``)."""
+    return SessionStoreActor.options(
+        name=session_actor_name(cfg), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(max_items or cfg.online.max_history)
+
+
+def actor_session_store(cfg: AppConfig) -> ActorSessionStore:
+    """A :class:`SessionStore` backed by the workspace's shared actor (Ray must be up)."""
+    return ActorSessionStore(get_or_create_session_actor(cfg))
+
+
+def drop_session_actor(cfg: AppConfig) -> bool:
+    """Kill the workspace's session actor; ``False`` when there was none."""
+    try:
+        handle = ray.get_actor(session_actor_name(cfg), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.kill(handle)
+    return True

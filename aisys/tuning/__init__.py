@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps (Ray Tune + ASHA) over the sequential model; see :mod:`aisys.tuning.sweep`."""

@@ -1,0 +1,159 @@
+"""Recommendation quality on MovieLens-100K: both splits x every model, mean and std over seeds.
+
+Runs the offline protocol (docs/evaluation.md) through ``aisys.evaluation.runner``:
+each model is tuned on its split's valid task with seed 0, then refit on the
+test task once per seed with the chosen settings (the deterministic models --
+popularity, item-kNN, EASE -- are fit once: their std is 0 by construction).
+Prints HR@10, NDCG@10, MRR@10, coverage@10, popularity@10 and the refit's
+train seconds (mean +- std), writes ``benchmarks/results/quality.json`` and a
+plot of NDCG@10 by segment (gender, age band, activity, target popularity)
+as ``benchmarks/results/quality_segments.html`` (plotly, self-contained).
+
+    python benchmarks/quality.py                      # everything, 3 seeds
+    python benchmarks/quality.py --models ease pop --splits loo --seeds 0
+    python benchmarks/quality.py --cache-dir /tmp/mlcache --set train.torch_threads=1
+
+SASRec uses the ML-100K settings of ``aisys.evaluation.runner.ML100K_PRESET`` (and
+``ML100K_SPLIT_PRESET[split]``) beneath any ``--set`` override. ``sasrec+ease``
+also reports the SASRec inside it as ``sasrec`` (the same training, not repeated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aisys.evaluation.runner import (
+    ML100K_PRESET,
+    ML100K_SPLIT_PRESET,
+    MODEL_NAMES,
+    SPLITS,
+    evaluate_model,
+    load_movielens_interactions,
+    ml100k_config,
+)
+from aisys.evaluation.segments import demographics_from_table, segment_metrics
+
+DETERMINISTIC = {"pop", "itemknn", "ease"}
+ORDER = ("pop", "itemknn", "ease", "bpr", "sasrec", "sasrec+ease")
+METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(models, splits, seeds, overrides, log) -> dict:
+    """Evaluate every (split, model, seed); returns the JSON-ready results."""
+    data, users = load_movielens_interactions(ml100k_config(None, overrides, "loo"))
+    demographics = demographics_from_table(users)
+    runs, segments = [], []
+    # sasrec+ease reports its SASRec alone too (same training): no need to train `sasrec` twice.
+    to_run = [m for m in models if not (m == "sasrec" and "sasrec+ease" in models)]
+    for split in splits:
+        cfg = ml100k_config(None, overrides, split)
+        for model in to_run:
+            settings = None
+            for seed in seeds if model not in DETERMINISTIC else seeds[:1]:
+                started = time.perf_counter()
+                result = evaluate_model(model, data, split, cfg, seed=seed, log=log, settings=settings)
+                settings = settings or result.settings  # tuned once (first seed), refit per seed
+                wall = time.perf_counter() - started
+                for part in ([result.component] if result.component and "sasrec" in models else []) + [result]:
+                    task = part.test_task
+                    table = segment_metrics(
+                        part.per_user, task.users, task.histories(), task.targets, demographics,
+                        part.item_popularity,
+                    )
+                    segments += [{**row, "split": split, "model": part.model, "seed": seed}
+                                 for row in table.to_dict("records")]
+                    runs.append({
+                        "split": split, "model": part.model, "seed": seed, "settings": part.settings,
+                        "valid": part.valid_metrics, "test": part.test_metrics,
+                        "train_seconds": part.train_seconds, "tune_seconds": part.tune_seconds,
+                        "valid_trace": {str(k): v for k, v in part.trace.items()}, "wall_seconds": wall,
+                    })
+                    log(f"{split} {part.model} seed {seed}: test ndcg@10 {part.test_metrics['ndcg@10']:.4f} "
+                        f"(refit {part.train_seconds:.1f}s)")
+    return {
+        "protocol": "docs/evaluation.md", "seeds": list(seeds), "preset": list(ML100K_PRESET),
+        "split_preset": {k: list(v) for k, v in ML100K_SPLIT_PRESET.items()},
+        "overrides": list(overrides), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "runs": runs, "segments": segments, "summary": summarize(runs),
+    }
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (split, model); deterministic models count as one run."""
+    frame = pd.DataFrame([
+        {"split": r["split"], "model": r["model"], "train_s": r["train_seconds"], **r["test"]} for r in runs
+    ])
+    rows = []
+    frame["order"] = frame["model"].map({m: i for i, m in enumerate(ORDER)})
+    frame = frame.sort_values(["split", "order"], kind="stable")
+    for (split, model), group in frame.groupby(["split", "model"], sort=False):
+        row = {"split": split, "model": model, "n_seeds": int(len(group))}
+        for column in (*METRICS, "train_s"):
+            values = group[column].to_numpy(dtype=float)
+            row[column] = float(values.mean())
+            row[f"{column}_std"] = float(values.std(ddof=0))
+        rows.append(row)
+    return rows
+
+
+def print_table(summary: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("split", "model", *(m.upper() for m in METRICS), "train s", "seeds",
+                  title="MovieLens-100K test (mean +- std over seeds)")
+    for row in summary:
+        cells = [f"{row[m]:.4f}+-{row[m + '_std']:.4f}" if m != "popularity@10" else f"{row[m]:.0f}" for m in METRICS]
+        table.add_row(row["split"], row["model"], *cells, f"{row['train_s']:.1f}+-{row['train_s_std']:.1f}",
+                      str(row["n_seeds"]))
+    Console(width=200).print(table)
+
+
+def write_segment_plot(segments: list[dict], path: Path) -> Path:
+    """Grouped bars of mean NDCG@10 per segment and model, one panel per split (plotly HTML)."""
+    import plotly.express as px
+
+    frame = pd.DataFrame(segments)
+    frame["segment"] = frame["dimension"] + "=" + frame["segment"]
+    mean = frame.groupby(["split", "model", "segment"], as_index=False, sort=False)["ndcg@10"].mean()
+    figure = px.bar(mean, x="segment", y="ndcg@10", color="model", barmode="group", facet_row="split",
+                    title="NDCG@10 by segment (MovieLens-100K test, mean over seeds)", height=800)
+    figure.update_yaxes(matches=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_html(path, include_plotlyjs=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--cache-dir", default=None, help="MovieLens download cache (paths.cache_dir)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for quality.json and the plot")
+    args = parser.parse_args()
+    overrides = list(args.overrides) + ([f"paths.cache_dir={args.cache_dir}"] if args.cache_dir else [])
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    results = run(args.models, args.splits, args.seeds, overrides, log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=float))
+    plot = write_segment_plot(results["segments"], args.out / "quality_segments.html")
+    print_table(results["summary"])
+    print(f"results -> {args.out / 'quality.json'}; segment plot -> {plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`serve deploy` to a running `ray start --head` cluster (token auth on), then real HTTP, then `serve shutdown`.
+
+What it proves: the Serve YAML in ``serve_configs/local.yaml`` (only its port, config file and overrides changed)
+deploys through Serve's REST API to a separate cluster, its replicas load the registered champion and the lake
+snapshot it was trained on, and the API answers; `serve shutdown` takes the application down. The Serve YAMLs
+(and the RayService's embedded copy) also validate against Serve's own deploy schema.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from aisys.config import config_from_dict
+from aisys.data.lake import Lake
+from tests.conftest import small_config_dict
+from tests.e2e.cluster_helpers import (BIN, REPO, commit_events, free_port, ray_head, tiny_events,
+                                      train_tiny_champion, wait_until)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def serve_cli(url: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "serve"), *args, f"--address={url}"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def app_status(url: str, env: dict) -> str | None:
+    proc = serve_cli(url, env, "status")
+    status = yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
+    apps = (status or {}).get("applications") or {}
+    return (apps.get("aisys") or {}).get("status")
+
+
+def test_serve_configs_validate_against_serves_deploy_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    for name in ("local.yaml", "cluster.yaml"):
+        config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve_configs" / name).read_text()))
+        assert [app.import_path for app in config.applications] == ["aisys.serving.app:build_app"], name
+    service = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+
+
+def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path):
+    data = small_config_dict(tmp_path)
+    cfg = config_from_dict(data, "test_serve_deploy")
+    events = tiny_events()
+    snapshot_id = commit_events(Lake(cfg.paths.lake_uri), events)
+    registered = train_tiny_champion(cfg, events, snapshot_id, epochs=1)
+    config_file = tmp_path / "app.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+
+    port = free_port()
+    serve_config = yaml.safe_load((REPO / "serve_configs" / "local.yaml").read_text())
+    serve_config["http_options"]["port"] = port
+    app = serve_config["applications"][0]
+    app["args"] = {"config_path": str(config_file),
+                   # The gateway's API keys are not what this test is about.
+                   "overrides": [f"serve.port={port}", "gateway.auth=false"]}
+    serve_file = tmp_path / "serve.yaml"
+    serve_file.write_text(yaml.safe_dump(serve_config))
+
+    with ray_head() as (url, env, _):
+        deployed = serve_cli(url, env, "deploy", str(serve_file))
+        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        try:
+            wait_until(lambda: app_status(url, env) == "RUNNING", timeout=120, what="the aisys application", every=2)
+            base = f"http://127.0.0.1:{port}"
+            health = httpx.get(f"{base}/healthz", timeout=10)
+            assert health.status_code == 200 and health.json()["model_loaded"] is True
+            assert health.json()["model_version"] == registered.version
+
+            user = events.column("user_id")[0].as_py()
+            got = httpx.get(f"{base}/recommendations/{user}", params={"k": 5}, timeout=30)
+            assert got.status_code == 200, got.text
+            body = got.json()
+            assert body["user_id"] == user and len(body["items"]) == 5
+            assert body["fallback"] is False  # a known user, scored by the deployed model
+            catalogue = set(events.column("item_id").to_pylist())
+            assert {item["item_id"] for item in body["items"]} <= catalogue
+        finally:
+            stopped = serve_cli(url, env, "shutdown", "-y")
+        assert stopped.returncode == 0, stopped.stderr[-2000:]
+        wait_until(lambda: app_status(url, env) is None, timeout=60, what="serve shutdown", every=2)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{base}/healthz", timeout=5)

@@ -1,0 +1,113 @@
+"""Zero-downtime swaps and the canary on a live Serve app: replicas follow the registry's aliases."""
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from aisys.gateway import ensure_dev_keys
+from aisys.registry.mlflow_registry import set_alias
+from aisys.serving.app import start_serving, stop_serving
+from aisys.serving.canary import arm_for_user
+from tests.ray.test_serve import commit_snapshot, free_port, register_untrained, shop_events
+
+pytestmark = pytest.mark.ray
+
+CANARY_SHARE = 0.5
+
+
+class Load:
+    """Closed-loop clients at about ``rps`` requests/s in total, recording (status, version) in order."""
+
+    def __init__(self, url: str, key: str, rps: float = 20.0, clients: int = 4) -> None:
+        self.url, self.key, self.period = url, key, clients / rps
+        self.results: list[list[tuple[int, str | None]]] = [[] for _ in range(clients)]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
+
+    def _run(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30, headers={"X-API-Key": self.key}) as client:
+            i = 0
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    resp = client.get(f"/recommendations/user{(n + i) % 12}", params={"k": 5})
+                    version = resp.json().get("model_version") if resp.status_code == 200 else None
+                    self.results[n].append((resp.status_code, version))
+                except httpx.HTTPError as err:  # a refused connection is a failed request too
+                    self.results[n].append((0, type(err).__name__))
+                i += 1
+                time.sleep(max(0.0, self.period - (time.perf_counter() - started)))
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def latest_versions(self) -> set:
+        return {res[-1][1] for res in self.results if res}
+
+
+def wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the replicas to follow the alias"
+        time.sleep(every_s)
+
+
+def test_swap_under_load_then_canary_then_rollback(ray_session, small_config):
+    cfg = small_config
+    cfg.serve.port = free_port()
+    cfg.online.follow_alias_every_s = 0.5
+    cfg.online.canary_share = CANARY_SHARE
+    events = shop_events()
+    snapshot_id = commit_snapshot(cfg, events)
+    v1 = register_untrained(cfg, events, snapshot_id).version
+    v2 = register_untrained(cfg, events, snapshot_id, seed=1, alias=None).version  # registered, not yet champion
+    key = ensure_dev_keys(cfg)["dev-admin"]
+
+    url = start_serving(cfg)
+    try:
+        with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": key}) as client:
+            # 1. Move the champion alias while ~20 requests/s hit the app.
+            with Load(url, key) as load:
+                time.sleep(2.0)
+                set_alias(cfg, "champion", v2)
+                wait_for(lambda: load.latest_versions() == {v2})
+                time.sleep(1.0)
+            outcomes = [r for res in load.results for r in res]
+            assert len(outcomes) >= 40
+            assert [r for r in outcomes if r[0] != 200] == []  # zero failed requests through the swap
+            for res in load.results:  # each client saw v1, then v2, never back
+                versions = [v for _, v in res]
+                assert versions == sorted(versions, key=lambda v: v == v2) and versions[-1] == v2
+            assert {v for _, v in outcomes} == {v1, v2}
+            assert client.get("/model").json()["version"] == v2
+
+            # 2. A challenger appears: the canary share of users gets it, stickily, named by arm.
+            set_alias(cfg, "challenger", v1)
+            wait_for(lambda: client.get("/healthz").json()["challenger_version"] == v1)
+            users = [f"user{n}" for n in range(12)] + [f"visitor{n}" for n in range(20)]
+            for _ in range(2):
+                for user in users:
+                    body = client.get(f"/recommendations/{user}").json()
+                    arm = arm_for_user(user, CANARY_SHARE)
+                    assert (body["arm"], body["model_version"]) == (arm, v1 if arm == "challenger" else v2)
+            n_canary = sum(arm_for_user(u, CANARY_SHARE) == "challenger" for u in users)
+            assert 0 < n_canary < len(users)
+            requests = client.get("/admin/counters").json()["requests"]
+            assert requests["challenger"] == 2 * n_canary and requests["champion"] >= 2 * (len(users) - n_canary)
+
+            # 3. Rollback is moving the alias back: the replicas follow.
+            set_alias(cfg, "champion", v1)
+            regular = next(u for u in users if arm_for_user(u, CANARY_SHARE) == "champion")
+            wait_for(lambda: client.get(f"/recommendations/{regular}").json()["model_version"] == v1)
+            assert client.get("/admin/counters").json()["swaps"] == 3
+    finally:
+        stop_serving(cfg)
