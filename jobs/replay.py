@@ -24,7 +24,8 @@ API_KEY_ENV = "AISYS_API_KEY"
 
 def _flags(parser) -> None:
     parser.add_argument("--url", default=None, help="the app's base URL (default: http://serve.host:serve.port)")
-    parser.add_argument("--api-key", default=None, help=f"API key with recommend+events scopes (default: ${API_KEY_ENV})")
+    parser.add_argument("--api-key", default=None,
+                        help=f"API key with the recommend and events scopes (default: ${API_KEY_ENV})")
     parser.add_argument("--events", type=int, default=200, help="how many of the newest events to replay")
     parser.add_argument("--requests", type=int, default=0,
                         help="extra recommendation requests after the replay (every fifth for an unknown visitor)")
@@ -83,6 +84,11 @@ if __name__ == "__main__":
 
     url = (args.url or base_url(cfg)).rstrip("/")
     live = newest_events(cfg, args.source, args.events, args.snapshot)
-    summary = replay_live_traffic(url, live, args.requests, k=args.k, api_key=key)
+    import httpx
+
+    try:
+        summary = replay_live_traffic(url, live, args.requests, k=args.k, api_key=key)
+    except httpx.HTTPError as err:  # refused, timed out, dropped: the app is not reachable at that URL
+        raise SystemExit(f"replay against {url} failed: {type(err).__name__}: {err}") from None
     print(json.dumps(_json_ready({"url": url, "source": args.source, **summary}), default=str), flush=True)
     sys.exit(1 if summary["errors"] else 0)

@@ -21,6 +21,19 @@ MAX_ID_LENGTH = 128
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 
+def _encodable(value: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate from a JSON ``\\ud800`` escape).
+
+    Such an id could be stored, but never written to a log, a Parquet file or a
+    JSON response again: refuse it at the door with a 422 instead.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -47,12 +60,14 @@ class EventIn(BaseModel):
     category: str | None = Field(None, max_length=MAX_ID_LENGTH, description="Item category, when known.")
     price: float | None = Field(None, ge=0, allow_inf_nan=False, description="Item price, when known.")
 
-    @field_validator("event_id", "user_id", "item_id")
+    @field_validator("event_id", "user_id", "item_id", "category")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value.strip():
             raise ValueError("must not be blank")
-        return value
+        return _encodable(value)
 
     @field_validator("timestamp")
     @classmethod
@@ -109,6 +124,7 @@ class StockIn(BaseModel):
         for item in value:
             if not item.strip() or len(item) > MAX_ID_LENGTH:
                 raise ValueError(f"item id {item[:40]!r} must be 1..{MAX_ID_LENGTH} non-blank characters")
+            _encodable(item)
         return value
 
 

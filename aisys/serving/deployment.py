@@ -36,7 +36,7 @@ from aisys.serving.api_models import ModelOut
 from aisys.serving.canary import CHALLENGER, CHAMPION
 from aisys.serving.event_log import JsonlEventLog
 from aisys.serving.follow import AliasFollower
-from aisys.serving.recommender import Recommendation, Recommender, ScoreRequest
+from aisys.serving.recommender import Recommendation, Recommender, ScoreRequest, retrieval_options
 from aisys.serving.routes import build_fastapi_app
 from aisys.serving.rules import JsonFileInventory
 from aisys.serving.service import OnlineService, ServedModel
@@ -104,7 +104,9 @@ async def load_served_model(cfg: AppConfig, store: SessionStore, alias: str | No
     bundle, info = await asyncio.to_thread(load_bundle, cfg, alias, version, model_uri)
     info["alias"] = alias or info.get("alias")
     await seed_sessions(cfg, store, bundle, bundle.lineage.get("snapshot_id") or info.get("snapshot_id"))
-    recommender = await asyncio.to_thread(Recommender, bundle, torch_threads=cfg.train.torch_threads)
+    recommender = await asyncio.to_thread(
+        lambda: Recommender(bundle, torch_threads=cfg.train.torch_threads, **retrieval_options(cfg.online))
+    )
     model = ModelOut.describe(bundle, info, default_name=cfg.registry.model_name)
     logger.info("loaded %s version %s (alias %s)", model.name, model.version, alias)
     return ServedModel(recommender=recommender, info=model)

@@ -3,7 +3,6 @@ champion served from the cluster (`aisys serve` as a long-running job), `jobs/re
 and `jobs/retrain_loop.py` answering the retrain request the monitor made from the replayed traffic."""
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -138,7 +137,8 @@ def test_replay_job_drives_the_served_champion_over_http(replayed, served, state
 
     cfg = _app_cfg(state)
     newest = Lake(cfg.paths.lake_uri).read_events().column("event_id").to_pylist()
-    collected = [json.loads(line)["event_id"] for path in sorted((Path(cfg.paths.workspace) / "collector").rglob("*.jsonl"))
+    collector = Path(cfg.paths.workspace) / "collector"
+    collected = [json.loads(line)["event_id"] for path in sorted(collector.rglob("*.jsonl"))
                  for line in path.read_text().splitlines() if line.strip()]
     assert sorted(collected) == sorted(newest[-REPLAYED_EVENTS:])
 

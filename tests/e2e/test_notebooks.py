@@ -65,7 +65,8 @@ def execute(name: str, parameters: dict, tmp_path: Path):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "aisys venv", "language": "python",
     }))
-    km = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
+    specs = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
+    km = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=specs)
     # The kernel starts its own private Ray: it must not find this test session's Ray through the environment.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     env.update({"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
