@@ -142,6 +142,7 @@ class RecommenderService:
 
     async def __init__(self, config: dict[str, Any]) -> None:
         cfg = self._cfg = config_from_dict(config, "RecommenderService config")
+        self._scoring = 0  # requests being scored now (see `score`)
         store = open_session_store(cfg)
         champion = await load_served_model(cfg, store, None if cfg.serve.model_uri else cfg.registry.champion_alias,
                                            model_uri=cfg.serve.model_uri)
@@ -210,8 +211,20 @@ class RecommenderService:
             telemetry.close()
 
     async def score(self, served: ServedModel, request: ScoreRequest) -> Recommendation:
-        """One request's answer, scored together with whatever else is in flight."""
-        return await self.score_batched((served, request))
+        """One request's answer, scored together with whatever else is in flight.
+
+        A request alone in the replica is scored at once: a batch would only wait
+        ``batch_wait_timeout_s`` for company that is not coming (the 5 ms wait was
+        most of the measured median overhead over the bare handler at 1 client).
+        """
+        self._scoring += 1
+        try:
+            if self._scoring == 1:
+                recs = await asyncio.to_thread(served.recommender.recommend_many, [request])
+                return recs[0]
+            return await self.score_batched((served, request))
+        finally:
+            self._scoring -= 1
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
     async def score_batched(self, batch: list[tuple[ServedModel, ScoreRequest]]) -> list[Recommendation]:
