@@ -27,7 +27,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from aisys.evaluation.runner import (

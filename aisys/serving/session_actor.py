@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import ray
 
 from aisys.config import AppConfig
-from aisys.serving.session_store import DEFAULT_MAX_ITEMS, SessionStore, SessionTable, UserSession
+from aisys.serving.session_store import InMemorySessionStore, SessionStore, UserSession
 
 NAMESPACE = "aisys"
 
@@ -31,23 +31,8 @@ def session_actor_name(cfg: AppConfig) -> str:
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
-class SessionStoreActor:
-    """Holds a :class:`SessionTable`; the methods mirror it."""
-
-    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS) -> None:
-        self.table = SessionTable(max_items)
-
-    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
-        return self.table.get_many(user_ids)
-
-    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
-        return self.table.record(user_id, event_id, item_id, event_type)
-
-    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
-        return self.table.bulk_load(sessions, snapshot_id)
-
-    async def has_snapshot(self, snapshot_id: str) -> bool:
-        return self.table.has_snapshot(snapshot_id)
+class SessionStoreActor(InMemorySessionStore):
+    """The in-memory store, held by one actor (its methods never await, so calls apply in arrival order)."""
 
     async def size(self) -> int:
         return len(self.table)

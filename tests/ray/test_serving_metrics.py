@@ -3,16 +3,14 @@ rate limits, the served model, scores, and the drift monitor fed by the replica 
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import httpx
-import pyarrow as pa
 import pytest
 import torch
 from ray import serve
@@ -26,38 +24,16 @@ from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import SASRec, SASRecConfig
 from aisys.monitoring.monitor_actor import NAMESPACE, drop_monitor, monitor_actor_name
 from aisys.registry.mlflow_registry import log_and_register
-from aisys.schemas import EVENT_SCHEMA, schema_hash
+from aisys.schemas import schema_hash
 from aisys.serving.app import APP_NAME, start_serving, stop_serving
 
 pytestmark = pytest.mark.ray
 
-N_USERS, N_ITEMS, LENGTH = 12, 20, 6
+from tests.ray.test_serve import N_ITEMS, free_port, shop_events  # noqa: E402  (shared fixtures data)
 RECS = "/recommendations/{user_id}"
 PROMETHEUS = shutil.which("prometheus")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def shop_events() -> pa.Table:
-    """Each user views LENGTH consecutive items of a 20-item catalogue."""
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    rows = {name: [] for name in EVENT_SCHEMA.names}
-    for u in range(N_USERS):
-        for t in range(LENGTH):
-            item = (u + t) % N_ITEMS
-            rows["event_id"].append(f"e{u}-{t}")
-            rows["user_id"].append(f"user{u}")
-            rows["item_id"].append(f"item{item:02d}")
-            rows["event_type"].append("view")
-            rows["value"].append(1.0)
-            rows["timestamp"].append(t0 + timedelta(minutes=10 * t + u))
-            rows["category"].append(f"c{item % 3}")
-            rows["price"].append(2.0)
-    return pa.Table.from_pydict(rows, schema=EVENT_SCHEMA)
 
 
 def register_untrained_champion(cfg: AppConfig) -> str:
