@@ -6,35 +6,28 @@ and the holdout comes from a real lake snapshot.
 
 import json
 import time
-from datetime import datetime, timezone
 
 import mlflow
 import pytest
 import torch
 
-from aisys.data.lake import COUNT_KEYS, Lake, Manifest, new_snapshot_id
+from aisys.data.lake import Lake
 from aisys.data.simulator import simulate_events
 from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig, cpu_state_dict
 from aisys.registry.mlflow_registry import configure_mlflow, get_model_info, log_and_register, set_alias
 from aisys.registry.promotion import HISTORY_TAG, champion_history, promote, rollback
-from aisys.schemas import schema_hash
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
 from aisys.training.split import leave_last_one_out
+from tests.e2e.cluster_helpers import commit_events
 
 torch.set_num_threads(1)
 
 
 def commit_snapshot(cfg, table) -> str:
-    """Write ``table`` to the config's lake as one committed snapshot (what `aisys ingest` leaves behind)."""
-    lake = Lake(cfg.paths.lake_uri)
-    snapshot_id = new_snapshot_id()
-    files = lake.write_event_files(table, snapshot_id)
-    counts = dict.fromkeys(COUNT_KEYS, 0) | {k: table.num_rows for k in ("input", "clean", "written", "total_rows")}
-    lake.commit(Manifest(snapshot_id, None, datetime.now(timezone.utc).isoformat(), "simulator", schema_hash(),
-                         counts, [path for path, _ in files]))
-    return snapshot_id
+    """``table`` as one committed snapshot of the config's lake (what `aisys ingest` leaves behind)."""
+    return commit_events(Lake.from_config(cfg.paths), table)
 
 
 def train_bundle(cfg, events, epochs: int) -> ModelBundle:

@@ -10,7 +10,7 @@ import torch
 
 from aisys import pipeline
 from aisys.config import SimulatorConfig
-from aisys.data.lake import COUNT_KEYS, Lake, Manifest, new_snapshot_id
+from aisys.data.lake import Lake
 from aisys.data.simulator import drift_midpoint, simulate_events
 from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.loop.controller import (
@@ -34,9 +34,10 @@ from aisys.monitoring.monitor_actor import DriftMonitor
 from aisys.monitoring.policy import InMemoryAuditLog
 from aisys.monitoring.profile import build_profile
 from aisys.registry.mlflow_registry import get_model_info, log_and_register
-from aisys.schemas import EVENT_SCHEMA, schema_hash
+from aisys.schemas import EVENT_SCHEMA
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
 from aisys.training.split import leave_last_one_out
+from tests.e2e.cluster_helpers import commit_events
 
 pytestmark = pytest.mark.ray
 
@@ -98,14 +99,8 @@ def test_claiming_collector_files_moves_them_once(tmp_path):
 
 
 def commit(cfg, table: pa.Table) -> str:
-    """``table`` as the lake's first snapshot (what `aisys ingest` leaves behind)."""
-    lake = Lake(cfg.paths.lake_uri)
-    snapshot_id = new_snapshot_id()
-    files = lake.write_event_files(table, snapshot_id)
-    counts = dict.fromkeys(COUNT_KEYS, 0) | {k: table.num_rows for k in ("input", "clean", "written", "total_rows")}
-    lake.commit(Manifest(snapshot_id, None, datetime.now(timezone.utc).isoformat(), "simulator", schema_hash(),
-                         counts, [path for path, _ in files]))
-    return snapshot_id
+    """``table`` as one committed snapshot of the config's lake (what `aisys ingest` leaves behind)."""
+    return commit_events(Lake.from_config(cfg.paths), table)
 
 
 def register_weak_champion(cfg, events: pa.Table, snapshot_id: str) -> str:

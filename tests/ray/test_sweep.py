@@ -1,28 +1,21 @@
 """A tiny real Tune sweep: trials logged as MLflow child runs, the best registered as challenger."""
 
-from datetime import datetime, timezone
 
 import mlflow
 import pytest
 
-from aisys.data.lake import COUNT_KEYS, Lake, Manifest, new_snapshot_id
+from aisys.data.lake import Lake
 from aisys.data.simulator import simulate_events
 from aisys.registry.mlflow_registry import get_model_info, load_bundle
-from aisys.schemas import schema_hash
 from aisys.tuning.sweep import run_sweep
+from tests.e2e.cluster_helpers import commit_events
 
 pytestmark = pytest.mark.ray
 
 
 def commit_snapshot(cfg, table) -> str:
-    """Write ``table`` to the config's lake as one committed snapshot (what `aisys ingest` leaves behind)."""
-    lake = Lake(cfg.paths.lake_uri)
-    snapshot_id = new_snapshot_id()
-    files = lake.write_event_files(table, snapshot_id)
-    counts = dict.fromkeys(COUNT_KEYS, 0) | {k: table.num_rows for k in ("input", "clean", "written", "total_rows")}
-    lake.commit(Manifest(snapshot_id, None, datetime.now(timezone.utc).isoformat(), "simulator", schema_hash(),
-                         counts, [path for path, _ in files]))
-    return snapshot_id
+    """``table`` as one committed snapshot of the config's lake (what `aisys ingest` leaves behind)."""
+    return commit_events(Lake.from_config(cfg.paths), table)
 
 
 def test_two_trial_sweep_logs_child_runs_and_registers_the_best_as_challenger(ray_session, small_config):
