@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal
 
 from aisys.config import AppConfig
 from aisys.loop.retrain import RetrainOutcome, describe_request
+from aisys.serving.event_log import collector_folder
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,6 @@ def _utcnow_iso() -> str:
 
 
 # --------------------------------------------------------------------------- collected events
-
-
-def collector_folder(cfg: AppConfig) -> Path:
-    """Where the HTTP collector writes: ``<workspace>/collector`` (``aisys.serving.deployment.collector_folder``,
-    repeated here so the loop need not import Serve)."""
-    return Path(cfg.paths.workspace) / "collector"
 
 
 def claim_collected_files(folder: Path, token: str | None = None) -> list[Path]:

@@ -38,7 +38,6 @@ TRAIN_EVENTS_TAG = "aisys.train_events"
 GATE_RUN_TAG = "aisys.gate_run_id"
 GATE_DECISION_TAG = "aisys.gate_decision"
 PROFILE_TAG = "aisys.reference_profile"
-_TAG_LIMIT = 5000  # MLflow caps tag values (8,000 chars in 3.x); reasons are sentences, keep them short
 
 
 @dataclass
@@ -189,18 +188,10 @@ def _champion_version(cfg: AppConfig) -> str | None:
 
 
 def _set_tags(cfg: AppConfig, version: str, run_ids: list[str], tags: dict[str, str]) -> None:
-    """Tag the registered version and the given runs (the registry module has no tag helper yet)."""
-    import mlflow
+    """Tag the registered version and the given runs."""
+    from aisys.registry.mlflow_registry import tag_version
 
-    from aisys.registry.mlflow_registry import configure_mlflow
-
-    configure_mlflow(cfg)
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        value = str(value)[:_TAG_LIMIT]
-        client.set_model_version_tag(cfg.registry.model_name, str(version), key, value)
-        for run_id in run_ids:
-            client.set_tag(run_id, key, value)
+    tag_version(cfg, version, tags, run_ids)
 
 
 def _hand_over_reference(

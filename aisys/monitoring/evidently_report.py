@@ -167,26 +167,18 @@ def log_report_to_mlflow(
     ``model_version`` of ``cfg.registry.model_name``. Returns what was linked."""
     if run_id is None and model_version is None:
         raise ValueError("log_report_to_mlflow needs a run_id or a model_version to link the report to")
-    import mlflow
+    from aisys.registry.mlflow_registry import log_run_artifact, tag_version
 
-    from aisys.registry.mlflow_registry import configure_mlflow
-
-    configure_mlflow(cfg)
-    client = mlflow.MlflowClient()
     linked: dict[str, Any] = {"path": path}
-    drifted_text = ",".join(drifted or [])
+    tags = {REPORT_TAG: path}
+    if drifted is not None:
+        tags[DRIFTED_TAG] = ",".join(drifted)
     if run_id is not None:
         if "://" not in path:  # a local file can travel as an artifact; a remote one is linked by its URI
-            client.log_artifact(run_id, path, artifact_path="monitoring/drift_reports")
-            linked["artifact"] = f"runs:/{run_id}/monitoring/drift_reports/{Path(path).name}"
-        client.set_tag(run_id, REPORT_TAG, path)
-        if drifted is not None:
-            client.set_tag(run_id, DRIFTED_TAG, drifted_text)
+            linked["artifact"] = log_run_artifact(cfg, run_id, path, "monitoring/drift_reports")
+        tag_version(cfg, None, tags, [run_id])
         linked["run_id"] = run_id
     if model_version is not None:
-        name = cfg.registry.model_name
-        client.set_model_version_tag(name, str(model_version), REPORT_TAG, path)
-        if drifted is not None:
-            client.set_model_version_tag(name, str(model_version), DRIFTED_TAG, drifted_text)
-        linked["model_version"] = f"models:/{name}/{model_version}"
+        tag_version(cfg, model_version, tags)
+        linked["model_version"] = f"models:/{cfg.registry.model_name}/{model_version}"
     return linked

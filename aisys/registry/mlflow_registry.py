@@ -20,7 +20,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import mlflow
 import mlflow.pyfunc
@@ -34,6 +34,8 @@ MODEL_ARTIFACT_NAME = "model"
 BUNDLE_ARTIFACT_KEY = "bundle"
 SNAPSHOT_TAG = "lake.snapshot_id"
 CODE_VERSION_TAG = "code_version"
+# MLflow 3 caps tag values at 8,000 characters; reasons are sentences, so this cut rarely bites.
+TAG_VALUE_LIMIT = 5000
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 _PYFUNC_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml")
 
@@ -283,6 +285,28 @@ def set_alias(cfg: AppConfig, alias: str, version: str) -> None:
     """Point ``alias`` of ``cfg.registry.model_name`` at ``version`` (promotion / rollback)."""
     configure_mlflow(cfg)
     mlflow.MlflowClient().set_registered_model_alias(cfg.registry.model_name, alias, str(version))
+
+
+def tag_version(cfg: AppConfig, version: str | None, tags: dict[str, Any], run_ids: Sequence[str] = ()) -> None:
+    """Set ``tags`` on registered ``version`` of ``cfg.registry.model_name`` (when given) and on each run.
+
+    Values become strings, cut to ``TAG_VALUE_LIMIT`` characters (MLflow caps tag values).
+    """
+    configure_mlflow(cfg)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        text = str(value)[:TAG_VALUE_LIMIT]
+        if version is not None:
+            client.set_model_version_tag(cfg.registry.model_name, str(version), key, text)
+        for run_id in run_ids:
+            client.set_tag(run_id, key, text)
+
+
+def log_run_artifact(cfg: AppConfig, run_id: str, path: str, artifact_path: str) -> str:
+    """Upload the local file ``path`` into ``run_id``'s artifacts under ``artifact_path``; returns its runs:/ URI."""
+    configure_mlflow(cfg)
+    mlflow.MlflowClient().log_artifact(run_id, path, artifact_path=artifact_path)
+    return f"runs:/{run_id}/{artifact_path}/{Path(path).name}"
 
 
 def load_bundle(

@@ -34,7 +34,7 @@ from ray import serve
 from aisys.config import AppConfig, config_from_dict
 from aisys.serving.api_models import ModelOut
 from aisys.serving.canary import CHALLENGER, CHAMPION
-from aisys.serving.event_log import JsonlEventLog
+from aisys.serving.event_log import JsonlEventLog, collector_folder
 from aisys.serving.follow import AliasFollower
 from aisys.serving.recommender import Recommendation, Recommender, ScoreRequest, retrieval_options
 from aisys.serving.routes import build_fastapi_app
@@ -52,11 +52,6 @@ DEPLOYMENT_NAME = "RecommenderService"
 # short wait keeps single-request latency low when traffic is light.
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
-
-
-def collector_folder(cfg: AppConfig) -> Path:
-    """Where the HTTP collector writes accepted events: ``{workspace}/collector``."""
-    return Path(cfg.paths.workspace) / "collector"
 
 
 def stock_path(cfg: AppConfig) -> Path:

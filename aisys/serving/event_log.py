@@ -13,7 +13,15 @@ import threading
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from aisys.config import AppConfig
+
+
+def collector_folder(cfg: "AppConfig") -> Path:
+    """Where the HTTP collector writes accepted events, and the loop reads them: ``<workspace>/collector``."""
+    return Path(cfg.paths.workspace) / "collector"
 
 
 class EventLog(ABC):
