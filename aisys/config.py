@@ -379,6 +379,11 @@ class MonitorConfig(_Section):
         200, ge=1, description="Judged lists a model version needs before its hit-rate baseline is set and compared."
     )
     hit_rate_window_lists: int = Field(1000, ge=1, description="Recent judged lists the online hit-rate is taken over.")
+    hit_rate_drop_alpha: float = Field(
+        0.05, ge=0, lt=1,
+        description="The hit-rate drop must also be significant: one-sided two-proportion z-test p-value below "
+        "this (0 disables the test). Small windows swing by chance; this keeps them from triggering.",
+    )
 
 
 class DemoConfig(_Section):

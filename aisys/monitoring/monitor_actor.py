@@ -222,6 +222,7 @@ class DriftMonitor:
             online_hit_rate=None if serving is None else serving.recent_hit_rate,
             baseline_hit_rate=None if serving is None else serving.baseline_hit_rate,
             judged_lists=0 if serving is None else serving.recent_judged,
+            baseline_lists=self.mcfg.hit_rate_min_lists,
             new_events=self.new_events,
             retrain_times=list(self.retrain_times),
         )

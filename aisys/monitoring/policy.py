@@ -7,7 +7,8 @@ a given time and returns a :class:`Decision`. It *triggers* on
   ``drift_consecutive_checks`` checks in a row;
 * ``hit_rate_drop``: the serving model's recent online hit-rate below its own
   baseline by more than ``hit_rate_drop`` (relative), once ``hit_rate_min_lists``
-  lists back it;
+  lists back it, and the drop is significant (one-sided two-proportion z-test,
+  p below ``hit_rate_drop_alpha``; a few hundred lists swing by chance);
 * ``new_data``: at least ``min_new_events`` events since the model's snapshot.
 
 A trigger is *blocked* by the cooldown (the last retrain less than
@@ -22,6 +23,7 @@ The clock is the caller's: ``evaluate(state, now)``, so tests step time freely.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -45,6 +47,7 @@ class PolicyState:
     online_hit_rate: float | None = None  # recent hit-rate of the serving model
     baseline_hit_rate: float | None = None  # the same model's own baseline
     judged_lists: int = 0  # lists behind online_hit_rate
+    baseline_lists: int = 0  # lists behind baseline_hit_rate (0: unknown, the significance test is skipped)
     new_events: int = 0  # events since the model's training snapshot
     retrain_times: Sequence[datetime] = ()  # earlier retrain decisions
 
@@ -57,9 +60,25 @@ class PolicyState:
             "online_hit_rate": self.online_hit_rate,
             "baseline_hit_rate": self.baseline_hit_rate,
             "judged_lists": self.judged_lists,
+            "baseline_lists": self.baseline_lists,
             "new_events": self.new_events,
             "retrain_times": [_utc(t).isoformat() for t in self.retrain_times],
         }
+
+
+def drop_p_value(baseline: float, baseline_lists: int, recent: float, recent_lists: int) -> float | None:
+    """One-sided p-value that the recent hit-rate is truly below the baseline (pooled two-proportion z-test).
+
+    ``None`` when either count is 0 (nothing to test). A p-value of 0.5 means no evidence either way.
+    """
+    if baseline_lists <= 0 or recent_lists <= 0:
+        return None
+    pooled = (baseline * baseline_lists + recent * recent_lists) / (baseline_lists + recent_lists)
+    variance = pooled * (1.0 - pooled) * (1.0 / baseline_lists + 1.0 / recent_lists)
+    if variance <= 0:  # both rates 0 or both 1: no spread, a difference is certain
+        return 0.0 if recent < baseline else 1.0
+    z = (baseline - recent) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
 @dataclass(frozen=True)
@@ -150,12 +169,22 @@ class RetrainPolicy:
             floor = state.baseline_hit_rate * (1.0 - cfg.hit_rate_drop)
             if state.online_hit_rate < floor:
                 drop = 1.0 - state.online_hit_rate / state.baseline_hit_rate
-                triggers.append("hit_rate_drop")
-                reasons.append(
-                    f"hit_rate_drop: online hit-rate {state.online_hit_rate:.3f} is {drop:.0%} below the model's "
-                    f"baseline {state.baseline_hit_rate:.3f} (allowed {cfg.hit_rate_drop:.0%}, "
-                    f"{state.judged_lists} lists)"
-                )
+                p = drop_p_value(state.baseline_hit_rate, state.baseline_lists,
+                                 state.online_hit_rate, state.judged_lists)
+                allowed = f"allowed {cfg.hit_rate_drop:.0%}, {state.judged_lists} lists"
+                if cfg.hit_rate_drop_alpha and p is not None and p >= cfg.hit_rate_drop_alpha:
+                    reasons.append(
+                        f"hit-rate {state.online_hit_rate:.3f} is {drop:.0%} below the baseline "
+                        f"{state.baseline_hit_rate:.3f} ({allowed}) but not significantly "
+                        f"(p={p:.3f} >= {cfg.hit_rate_drop_alpha}): no trigger"
+                    )
+                else:
+                    triggers.append("hit_rate_drop")
+                    shown_p = "" if p is None else f", p={p:.4f}"
+                    reasons.append(
+                        f"hit_rate_drop: online hit-rate {state.online_hit_rate:.3f} is {drop:.0%} below the model's "
+                        f"baseline {state.baseline_hit_rate:.3f} ({allowed}{shown_p})"
+                    )
 
         if state.new_events >= cfg.min_new_events:
             triggers.append("new_data")

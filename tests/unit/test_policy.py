@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from aisys.config import MonitorConfig
-from aisys.monitoring.policy import InMemoryAuditLog, ParquetAuditLog, PolicyState, RetrainPolicy
+from aisys.monitoring.policy import InMemoryAuditLog, ParquetAuditLog, PolicyState, RetrainPolicy, drop_p_value
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CFG = MonitorConfig(
@@ -74,6 +74,34 @@ def test_hit_rate_drop_needs_enough_lists_and_a_baseline(policy):
     no_baseline = PolicyState(online_hit_rate=0.05, baseline_hit_rate=None, judged_lists=5000)
     assert not policy.evaluate(too_few, T0).triggers
     assert not policy.evaluate(no_baseline, T0).triggers
+
+
+def test_a_drop_that_small_windows_make_by_chance_does_not_trigger(policy):
+    # 200 baseline lists at 0.30 against 100 recent at 0.22: -27%, over the 20% allowed, but p = 0.071, which
+    # chance gives often enough: not significant at 0.05.
+    noisy = PolicyState(online_hit_rate=0.22, baseline_hit_rate=0.30, judged_lists=100, baseline_lists=200)
+    decision = policy.evaluate(noisy, T0)
+    assert not decision.retrain and decision.triggers == ()
+    assert "not significantly" in decision.reasons[0]
+    # The same drop over 1,000 recent lists is significant (p = 0.007).
+    backed = PolicyState(online_hit_rate=0.22, baseline_hit_rate=0.30, judged_lists=1000, baseline_lists=200)
+    decision = policy.evaluate(backed, T0)
+    assert decision.triggers == ("hit_rate_drop",) and "p=0.0" in decision.reasons[0]
+
+
+def test_the_significance_test_can_be_turned_off():
+    off = RetrainPolicy(CFG.model_copy(update={"hit_rate_drop_alpha": 0.0}), InMemoryAuditLog())
+    noisy = PolicyState(online_hit_rate=0.22, baseline_hit_rate=0.30, judged_lists=100, baseline_lists=200)
+    assert off.evaluate(noisy, T0).triggers == ("hit_rate_drop",)
+
+
+def test_drop_p_value_is_a_one_sided_two_proportion_test():
+    assert drop_p_value(0.3, 200, 0.3, 200) == pytest.approx(0.5)
+    # z = 0.08 / sqrt(0.26 * 0.74 * (1/200 + 1/200)) = 1.824 -> p = 0.034
+    assert drop_p_value(0.30, 200, 0.22, 200) == pytest.approx(0.0341, abs=1e-3)
+    assert drop_p_value(0.22, 200, 0.30, 200) == pytest.approx(1 - 0.0341, abs=1e-3)  # a rise is no evidence
+    assert drop_p_value(0.3, 0, 0.1, 100) is None
+    assert drop_p_value(0.0, 50, 0.0, 50) == 1.0
 
 
 def test_enough_new_data_triggers_by_itself(policy):
