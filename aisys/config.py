@@ -253,6 +253,11 @@ class GatewayConfig(_Section):
     cache_max_entries: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger request bodies get 413.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins (none by default).")
+    api_docs: bool = Field(
+        True,
+        description="Serve FastAPI's /docs, /redoc and /openapi.json (open pages): on for local development, "
+        "off on a cluster (serve_configs/cluster.yaml), where they are not mounted (404).",
+    )
 
     @model_validator(mode="after")
     def _origins_are_origins(self) -> "GatewayConfig":

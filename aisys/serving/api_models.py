@@ -6,6 +6,7 @@ than a silently dropped value.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal, Mapping
@@ -31,6 +32,29 @@ def _encodable(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+# C0 controls (NUL, tab, newline...), DEL, C1 controls, and the Unicode bidi controls: the marks (U+200E/200F,
+# U+061C), embeddings and overrides (U+202A-202E) and isolates (U+2066-2069). Such a character in an id is
+# never data: it corrupts log lines and CSV/TSV exports, and a bidi override makes an id display as another
+# ("user\u202egnp.exe" shows as "userexe.png") in every admin page, terminal and spreadsheet that shows it.
+_HOSTILE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def check_id(value: str) -> str:
+    """Refuse an id holding a control or bidi-control character, or invalid Unicode (a lone surrogate).
+
+    The message names the character by code point and position, never echoing
+    it: the message itself reaches logs and clients.
+    """
+    _encodable(value)
+    found = _HOSTILE_CHARS.search(value)
+    if found is not None:
+        raise ValueError(
+            f"must not contain control or bidirectional-control characters "
+            f"(found U+{ord(found.group()):04X} at position {found.start()})"
+        )
     return value
 
 
@@ -67,14 +91,17 @@ class EventIn(BaseModel):
             return value
         if not value.strip():
             raise ValueError("must not be blank")
-        return _encodable(value)
+        return check_id(value)
 
     @field_validator("timestamp")
     @classmethod
     def _as_utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:  # "0001-01-01T00:00:00+06:00" is a valid datetime whose UTC time is not
+            raise ValueError("is out of range once converted to UTC (before year 1 or after 9999)") from None
 
     def to_raw_event(self) -> dict[str, Any]:
         """The event in the raw-file format ``aisys ingest`` reads (ISO 8601 UTC timestamp)."""
@@ -122,9 +149,13 @@ class StockIn(BaseModel):
     @classmethod
     def _ids_are_valid(cls, value: dict[str, bool]) -> dict[str, bool]:
         for item in value:
+            # ascii(): the id is quoted with every non-ASCII character escaped, so a hostile one is never echoed.
             if not item.strip() or len(item) > MAX_ID_LENGTH:
-                raise ValueError(f"item id {item[:40]!r} must be 1..{MAX_ID_LENGTH} non-blank characters")
-            _encodable(item)
+                raise ValueError(f"item id {ascii(item[:40])} must be 1..{MAX_ID_LENGTH} non-blank characters")
+            try:
+                check_id(item)
+            except ValueError as err:
+                raise ValueError(f"item id {ascii(item[:40])} {err}") from None
         return value
 
 
@@ -172,6 +203,34 @@ class ModelOut(BaseModel):
             metrics=metrics,
             lineage=lineage,
         )
+
+
+class FieldErrorOut(BaseModel):
+    """One field to blame in an error: its dotted location (``body.user_id``, ``query.k``) and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    message: str
+
+
+class ErrorDetailOut(BaseModel):
+    """What went wrong: a stable code, a message, and the fields to blame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(..., description="Stable machine-readable code: validation_error, unauthorized, forbidden, ...")
+    message: str = Field(..., description="What went wrong, for a human.")
+    fields: list[FieldErrorOut] = Field(..., description="The fields to blame (empty when none is).")
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx body of the API (``aisys.serving.errors``): one shape, one parser."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetailOut
+    request_id: str = Field(..., description="The request's X-Request-ID (logged server-side too).")
 
 
 class Health(BaseModel):

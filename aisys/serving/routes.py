@@ -16,6 +16,11 @@ Routes (scope each needs when a gateway is plugged in)::
 With ``gateway`` (:class:`aisys.gateway.Gateway`), every route but ``/healthz``
 depends on ``gateway.require(scope)``, ``gateway.install(app)`` adds its
 middleware, and ``gateway.cache`` (when set) becomes the service's response cache.
+
+FastAPI's ``/openapi.json``, ``/docs`` and ``/redoc`` are served only with
+``api_docs`` (``gateway.api_docs``: on for local development, off on a cluster).
+The OpenAPI documents every 4xx as the one error shape (:class:`ErrorOut`),
+not FastAPI's default ``HTTPValidationError``, which this API never returns.
 """
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the route
@@ -26,6 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 
 from aisys.serving.api_models import (
     MAX_ID_LENGTH,
+    ErrorOut,
     EventAccepted,
     EventIn,
     Health,
@@ -43,6 +49,13 @@ def _service(request: Request) -> OnlineService:
 
 
 ServiceDep = Annotated[OnlineService, Depends(_service)]
+
+# Declared on the app, so every route (the storefront's too) documents its client errors in the shape
+# `aisys.serving.errors` really sends; "4XX" also keeps FastAPI from adding its HTTPValidationError for 422.
+ERROR_RESPONSES: dict = {
+    "4XX": {"model": ErrorOut, "description": "Client error (401, 403, 404, 413, 422, 429...) in the one error shape."}
+}
+DOCS_URLS = {"openapi_url": "/openapi.json", "docs_url": "/docs", "redoc_url": "/redoc"}
 
 
 def _guard(gateway: Any, scope: str) -> list:
@@ -111,14 +124,27 @@ def _ops_router() -> APIRouter:
     return router
 
 
-def build_fastapi_app(service: OnlineService, *, default_k: int = 10, max_k: int = 100, gateway: Any = None) -> FastAPI:
+def build_fastapi_app(
+    service: OnlineService,
+    *,
+    default_k: int = 10,
+    max_k: int = 100,
+    gateway: Any = None,
+    api_docs: bool | None = None,
+) -> FastAPI:
     """A FastAPI app serving ``service``, JSON errors everywhere, optionally behind ``gateway``.
 
     ``k`` is bounded by ``1..max_k`` at the HTTP layer (a 422 naming ``query.k``).
+    ``api_docs`` (default: ``gateway.settings.api_docs``, else True) mounts
+    ``/openapi.json``, ``/docs`` and ``/redoc``; without them those paths are a
+    404 (``app.openapi()`` still builds the schema in-process).
     """
     if not 1 <= default_k <= max_k:
         raise ValueError(f"default_k ({default_k}) must be within 1..max_k ({max_k})")
-    app = FastAPI(title="aisys recommender", version="1")
+    if api_docs is None:
+        api_docs = bool(getattr(getattr(gateway, "settings", None), "api_docs", True))
+    docs = DOCS_URLS if api_docs else dict.fromkeys(DOCS_URLS)
+    app = FastAPI(title="aisys recommender", version="1", responses=ERROR_RESPONSES, **docs)
     app.state.service = service
     install_error_handlers(app)
     if gateway is not None:

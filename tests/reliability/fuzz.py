@@ -1,8 +1,8 @@
-"""A seeded random request generator over an OpenAPI document (schemathesis and hypothesis are not installed).
+"""A seeded random request generator over an OpenAPI document: the hostile inputs Schemathesis does not make.
 
-:func:`generate_requests` walks every operation of ``app.openapi()`` and, per
-request, builds path and query parameters and a JSON body from the operation's
-schemas: mostly valid values near the schema's bounds, mixed with hostile ones
+:func:`generate_requests` walks every operation of ``app.openapi()`` that takes
+parameters or a body and, per request, builds path and query parameters and a
+JSON body from the operation's schemas: mostly valid values near the schema's bounds, mixed with hostile ones
 (unicode, lone surrogates, NUL, very long strings, negatives, huge numbers,
 ``NaN``/``Infinity`` tokens, wrong types, missing and unknown fields, broken
 JSON, bodies over the size limit). Same seed, same requests.
@@ -56,7 +56,9 @@ class RequestGenerator:
         self.spec = spec
         self.rng = random.Random(seed)
         self.max_body_bytes = max_body_bytes
-        self.operations = [(m.upper(), p, op) for p, ops in spec["paths"].items() for m, op in ops.items()]
+        # Operations without parameters or a body would only ever get the same request: Schemathesis covers them.
+        self.operations = [(m.upper(), p, op) for p, ops in spec["paths"].items() for m, op in ops.items()
+                           if op.get("parameters") or op.get("requestBody")]
 
     # --- values from schemas ------------------------------------------------------------
     def _resolve(self, schema: dict) -> dict:

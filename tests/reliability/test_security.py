@@ -11,14 +11,26 @@ import hashlib
 import json
 import logging
 import stat
+from pathlib import Path
 
 import pytest
+import yaml
 from starlette.routing import Mount
+
+from aisys.config import load_config
+from aisys.serving.app import ServeAppArgs
 
 from aisys.gateway import FileKeyStore, create_key
 from aisys.gateway.keys import granted_scopes
 from aisys.gateway.middleware import ACCESS_LOGGER_NAME
-from tests.reliability.conftest import ORIGIN, SCOPE_KEYS, FullApp, assert_error_shape
+from tests.reliability.conftest import (
+    ORIGIN,
+    SCOPE_KEYS,
+    FullApp,
+    assert_error_shape,
+    build_full_app,
+    reliability_config,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -36,9 +48,10 @@ GUARDED = {
 # Open on purpose: health, the two pages (they hold no secret; the operator page asks for a key), the redirect,
 # the static assets.
 OPEN = {"/healthz", "/shop", "/ops", "/", "/shop/static"}
-# FastAPI's own schema and docs pages: open because the app keeps FastAPI's defaults. Listed separately so that
-# closing them (docs_url=None in production) is a visible decision; see docs/reliability.md.
+# FastAPI's own schema and docs pages: open, and mounted only with gateway.api_docs (true for local development,
+# false on a cluster: serve_configs/cluster.yaml). Listed apart so that either way is a visible decision.
 FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+SERVE_CLUSTER = Path(__file__).resolve().parents[2] / "serve_configs" / "cluster.yaml"
 
 SAMPLE_BODIES = {
     "/events": {"user_id": "alice", "item_id": "i5", "event_type": "view"},
@@ -87,6 +100,35 @@ def test_every_route_is_classified(full_app: FullApp):
     spec = full_app.app.openapi()["paths"]
     secured = {(m.upper(), p) for p, ops in spec.items() for m, op in ops.items() if op.get("security")}
     assert secured == set(GUARDED)
+
+
+def test_without_api_docs_the_docs_routes_are_absent():
+    app = build_full_app(reliability_config(api_docs=False))
+    table = route_table(app.app)
+    assert {path for _, path in table} - {p for _, p in GUARDED} == OPEN  # open routes: exactly the app's own
+    client = app.client()
+    for path in sorted(FASTAPI_DOCS):
+        assert assert_error_shape(client.get(path), 404)["error"]["code"] == "not_found", path
+    # The schema is still built in-process (tests and tools read it); it is only not served.
+    assert set(GUARDED) <= openapi_operations(app.app)
+
+
+def test_with_api_docs_the_docs_routes_are_served(full_app: FullApp):
+    client = full_app.client()
+    assert client.get("/openapi.json").json()["paths"].keys() >= {p for _, p in GUARDED}
+    for page in ("/docs", "/redoc"):
+        assert client.get(page).headers["content-type"].startswith("text/html"), page
+
+
+def test_the_cluster_serve_config_turns_the_docs_routes_off():
+    """serve_configs/cluster.yaml's args, loaded the way its builder (aisys.serving.app.build_app) loads them."""
+    (application,) = yaml.safe_load(SERVE_CLUSTER.read_text())["applications"]
+    args = ServeAppArgs.model_validate(application["args"])
+    cfg = load_config(args.config_path, args.overrides, environ={})
+    assert cfg.gateway.api_docs is False and cfg.gateway.auth is True
+    client = build_full_app(cfg).client()
+    for path in sorted(FASTAPI_DOCS):
+        assert client.get(path).status_code == 404, path
 
 
 @pytest.mark.parametrize("method,path", sorted(GUARDED), ids=[f"{m} {p}" for m, p in sorted(GUARDED)])
