@@ -179,6 +179,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 42
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads in each worker.")
+    max_failures: int = Field(
+        1, ge=-1, description="Ray Train FailureConfig: restarts from the latest checkpoint when a worker dies (-1: no limit)."
+    )
     loss_horizon: int = Field(
         1, ge=1, description="Each position also predicts the items up to N steps ahead (1: next item only)."
     )

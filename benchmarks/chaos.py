@@ -21,11 +21,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULT_TESTS = [
-    "tests/reliability/test_hostile_input.py::test_ten_thousand_generated_requests_give_no_server_error",
+    "tests/reliability/test_hostile_input.py::test_fuzzed_oversized_and_broken_bodies_give_no_server_error",
+    "tests/reliability/test_schemathesis.py",
+    "tests/reliability/test_ray_auth.py",
     "tests/reliability/test_ingest_faults.py",
     "tests/reliability/test_serving_faults.py",
+    "tests/reliability/test_train_faults.py",
+    "tests/reliability/test_registry_faults.py",
+    "tests/reliability/test_replica_kill.py",
+    "tests/reliability/test_rate_limit_http.py",
 ]
-NEEDS_RAY = {"tests/reliability/test_ingest_faults.py", "tests/reliability/test_serving_faults.py"}
+NEEDS_RAY = {"tests/reliability/test_ingest_faults.py", "tests/reliability/test_serving_faults.py",
+             "tests/reliability/test_train_faults.py", "tests/reliability/test_ray_auth.py",
+             "tests/reliability/test_replica_kill.py", "tests/reliability/test_rate_limit_http.py"}
 
 
 def parse_figures(output: str) -> list[dict[str, str]]:

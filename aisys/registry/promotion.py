@@ -15,6 +15,15 @@
 Every champion change made here is appended to the registered model's tag ``aisys.champion_history`` (a JSON list
 of versions, oldest first) and stamps the version's tag ``aisys.champion_since``; :func:`rollback` walks that
 history back one step in a few registry calls.
+
+**Concurrency.** Reading the champion, gating against it and moving the alias is a read-modify-write: two
+promotions running at once would both gate against the same champion and both move the alias (the last one wins,
+unjudged against the first, and one history entry is lost). So every champion change (:func:`promote`'s
+decision, :func:`make_champion`, :func:`rollback`) runs under one lock per registered model
+(:func:`promotion_lock`; the file sits next to the SQLite DB). The slow part, evaluating the candidate and the
+champion it saw first, runs outside the lock; under the lock the champion is read again and, if it moved
+meanwhile, the candidate is gated again against the **current** one (``champion_changed``). The decisions
+logged in MLflow therefore form one linear history: each promotion names the champion it replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import pyarrow as pa
 
 from aisys.config import AppConfig
 from aisys.registry.gate import EvalReport, GateDecision, decide, nonfinite_tensors
+from aisys.registry.lock import DEFAULT_TIMEOUT_S, file_lock, registry_lock_path
 
 K = 10
 HOLDOUT_KIND = "loo-test"
@@ -208,6 +218,7 @@ class PromotionOutcome:
     run_id: str
     candidate: EvalReport | None = None
     champion: EvalReport | None = None
+    champion_changed: bool = False  # the champion moved while the candidate was evaluated: re-gated against it
 
 
 def _now() -> str:
@@ -252,14 +263,30 @@ def _history(client, name: str) -> list[str]:
     return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
 
 
+def promotion_lock(cfg: AppConfig, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """The lock serialising champion changes of ``cfg.registry.model_name`` (threads and processes of a host).
+
+    A context manager; see :mod:`aisys.registry.lock` for what it covers and what a multi-host setup needs.
+    """
+    path = registry_lock_path(cfg.paths.mlflow_tracking_uri, cfg.paths.workspace, cfg.registry.model_name)
+    return file_lock(path, timeout_s)
+
+
 def make_champion(cfg: AppConfig, version: str) -> None:
     """Move the champion alias to ``version``, recording it in the champion history.
 
     A champion set outside the gate (e.g. by ``aisys train``) is recorded first, so it can be rolled back to.
-    The alias moves last: a failure before it leaves the old champion serving.
+    The alias moves last: a failure before it leaves the old champion serving. Runs under
+    :func:`promotion_lock`.
     """
     client, _ = _client(cfg)
-    name, version = cfg.registry.model_name, str(version)
+    with promotion_lock(cfg):
+        _make_champion(client, cfg, str(version))
+
+
+def _make_champion(client, cfg: AppConfig, version: str) -> None:
+    # The caller holds promotion_lock: the history read-modify-write below must not interleave.
+    name = cfg.registry.model_name
     history = _history(client, name)
     current = _alias_version(client, cfg, cfg.registry.champion_alias)
     if current is not None and (not history or history[-1] != current):
@@ -275,9 +302,14 @@ def rollback(cfg: AppConfig) -> tuple[str, str]:
 
     The previous champion is the latest entry of the champion history that is not the current champion. The
     current one is dropped from the history (a second rollback goes one further back) and tagged
-    ``aisys.rolled_back_at``.
+    ``aisys.rolled_back_at``. Runs under :func:`promotion_lock`, so it never interleaves with a promotion.
     """
     client, _ = _client(cfg)
+    with promotion_lock(cfg):
+        return _rollback(client, cfg)
+
+
+def _rollback(client, cfg: AppConfig) -> tuple[str, str]:
     name, alias = cfg.registry.model_name, cfg.registry.champion_alias
     current = _alias_version(client, cfg, alias)
     if current is None:
@@ -352,14 +384,14 @@ def promote(
     version: str | None = None,
     snapshot_id: str | None = None,
     extra_segments: Mapping[str, Mapping[str, str]] | None = None,
+    lock_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> PromotionOutcome:
     """Gate ``version`` (default: the challenger) against the champion on a snapshot's holdout; promote if it passes.
 
-    See the module docstring. The decision is always logged; the champion alias moves only on promote.
+    See the module docstring. The decision is always logged; the champion alias moves only on promote. It is
+    taken under :func:`promotion_lock` against the champion current at that moment, so concurrent calls
+    (threads or processes) serialise into a linear history of champions.
     """
-    from aisys.data.lake import Lake
-    from aisys.registry.mlflow_registry import load_bundle
-
     client, experiment_id = _client(cfg)
     if version is None:
         version = _alias_version(client, cfg, cfg.online.challenger_alias)
@@ -370,33 +402,77 @@ def promote(
             )
     version = str(version)
     _require_version(client, cfg.registry.model_name, version)
-    champion_version = _alias_version(client, cfg, cfg.registry.champion_alias)
-    if champion_version == version:
-        decision = GateDecision(False, [f"version {version} already is the {cfg.registry.champion_alias!r}"])
-        outcome = PromotionOutcome(decision, version, champion_version, False, None, "")
-        outcome.run_id = _log_decision(cfg, experiment_id, outcome, snapshot_id)
-        return outcome
 
-    lake = Lake(cfg.paths.lake_uri)
-    manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()
-    if manifest is None:
-        raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot to build a holdout from")
-    events = lake.read_events(manifest.snapshot_id)
-    holdout = build_holdout(events, manifest.snapshot_id, cfg.features.event_weights, extra_segments)
+    # Optimistic part, outside the lock: evaluate the candidate and the champion seen now (the slow work).
+    seen_champion = _alias_version(client, cfg, cfg.registry.champion_alias)
+    evaluation = None
+    if seen_champion != version:
+        evaluation = _Evaluation.build(cfg, version, snapshot_id, extra_segments)
+        evaluation.report(seen_champion)
 
-    threads = cfg.train.torch_threads
-    candidate_bundle, _ = load_bundle(cfg, version=version)
-    candidate = report_for_bundle(candidate_bundle, holdout, version, threads)
-    champion = None
-    if champion_version is not None:
-        champion_bundle, _ = load_bundle(cfg, version=champion_version)
-        champion = report_for_bundle(champion_bundle, holdout, champion_version, threads)
-
-    decision = decide(candidate, champion, cfg.gate)
-    outcome = PromotionOutcome(
-        decision, version, champion_version, decision.promote, holdout.holdout_id, "", candidate, champion
-    )
-    outcome.run_id = _log_decision(cfg, experiment_id, outcome, manifest.snapshot_id)
-    if decision.promote:
-        make_champion(cfg, version)
+    with promotion_lock(cfg, lock_timeout_s):
+        # Compare-and-set: decide against the champion as it is now, which may have moved since.
+        champion_version = _alias_version(client, cfg, cfg.registry.champion_alias)
+        changed = champion_version != seen_champion
+        if champion_version == version:
+            decision = GateDecision(False, [f"version {version} already is the {cfg.registry.champion_alias!r}"])
+            outcome = PromotionOutcome(decision, version, champion_version, False, None, "", champion_changed=changed)
+            outcome.run_id = _log_decision(cfg, experiment_id, outcome, snapshot_id)
+            return outcome
+        if evaluation is None:  # it was the champion when we looked, and has been rolled back since
+            evaluation = _Evaluation.build(cfg, version, snapshot_id, extra_segments)
+        champion = evaluation.report(champion_version)
+        decision = decide(evaluation.candidate, champion, cfg.gate)
+        outcome = PromotionOutcome(
+            decision, version, champion_version, decision.promote, evaluation.holdout.holdout_id, "",
+            evaluation.candidate, champion, champion_changed=changed,
+        )
+        outcome.run_id = _log_decision(cfg, experiment_id, outcome, evaluation.snapshot_id)
+        if decision.promote:
+            _make_champion(client, cfg, version)
     return outcome
+
+
+@dataclass
+class _Evaluation:
+    """One promotion's holdout, the candidate's report on it, and the reports of the champions met so far."""
+
+    cfg: AppConfig
+    snapshot_id: str
+    holdout: Holdout
+    candidate: EvalReport
+    champions: dict[str, EvalReport]
+
+    @classmethod
+    def build(
+        cls,
+        cfg: AppConfig,
+        version: str,
+        snapshot_id: str | None,
+        extra_segments: Mapping[str, Mapping[str, str]] | None,
+    ) -> "_Evaluation":
+        from aisys.data.lake import Lake
+        from aisys.registry.mlflow_registry import load_bundle
+
+        lake = Lake(cfg.paths.lake_uri)
+        manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()
+        if manifest is None:
+            raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot to build a holdout from")
+        events = lake.read_events(manifest.snapshot_id)
+        holdout = build_holdout(events, manifest.snapshot_id, cfg.features.event_weights, extra_segments)
+        candidate_bundle, _ = load_bundle(cfg, version=version)
+        candidate = report_for_bundle(candidate_bundle, holdout, version, cfg.train.torch_threads)
+        return cls(cfg, manifest.snapshot_id, holdout, candidate, {})
+
+    def report(self, champion_version: str | None) -> EvalReport | None:
+        """The champion's report on this holdout (None without a champion), computed once per version."""
+        from aisys.registry.mlflow_registry import load_bundle
+
+        if champion_version is None:
+            return None
+        if champion_version not in self.champions:
+            bundle, _ = load_bundle(self.cfg, version=champion_version)
+            self.champions[champion_version] = report_for_bundle(
+                bundle, self.holdout, champion_version, self.cfg.train.torch_threads
+            )
+        return self.champions[champion_version]

@@ -29,6 +29,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for one epoch's global RNGs (dropout), derived from ``(seed, epoch)`` only.
+
+    Re-seeding with it at the start of every epoch makes an epoch's randomness
+    independent of what ran before it, so a run resumed from epoch ``k``'s
+    checkpoint (model + optimizer state) trains epoch ``k + 1`` exactly as the
+    uninterrupted run did, with no RNG state to carry in the checkpoint. It
+    differs from ``seed`` itself (the weight initialisation's seed).
+    """
+    return int(np.random.SeedSequence([seed % 2**32, epoch, 0x5EED]).generate_state(1)[0])
+
+
 def training_examples(
     histories: Mapping[str, Sequence[int]] | Iterable[Sequence[int]], max_seq_len: int
 ) -> tuple[np.ndarray, np.ndarray]:

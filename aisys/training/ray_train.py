@@ -6,6 +6,14 @@ per-epoch metrics with a checkpoint. Each checkpoint holds the model and
 optimizer state, the epoch, the history so far and the best (by validation
 NDCG@10) weights, so a re-created trainer with the same ``RunConfig(name,
 storage_path)`` resumes where it stopped (``ray.train.get_checkpoint()``).
+
+A worker that dies mid-run (killed, OOM, node lost) is handled by Ray Train's
+``FailureConfig(max_failures)``: the worker group is restarted and resumes from
+the latest checkpoint. Such a resume trains the same as the uninterrupted run:
+each epoch's batch order comes from ``(seed, epoch)`` and the global RNGs
+(dropout) are re-seeded from :func:`~aisys.training.loop.epoch_seed` at the
+start of every epoch, so the checkpoint needs no RNG state. Every history row
+says where its attempt started (``resumed_from_epoch``: -1 for a fresh start).
 """
 
 from __future__ import annotations
@@ -22,11 +30,19 @@ import torch
 from aisys.config import AppConfig
 from aisys.features.sequences import Vocabulary
 from aisys.models.sasrec import SASRec, SASRecConfig, cpu_state_dict
-from aisys.training.loop import evaluate, iterate_batches, seed_everything, train_epoch, training_examples
+from aisys.training.loop import (
+    epoch_seed,
+    evaluate,
+    iterate_batches,
+    seed_everything,
+    train_epoch,
+    training_examples,
+)
 from aisys.training.split import EvalSet
 
 _CHECKPOINT_FILE = "train_state.pt"
 SELECT_METRIC = "valid_ndcg@10"
+RESUMED_FROM = "resumed_from_epoch"  # history column: the checkpoint's epoch this attempt started from (-1: none)
 
 
 @dataclass
@@ -85,10 +101,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, config["epochs"]):
         started = time.perf_counter()
+        # Re-seed per epoch (see the module docstring): a resumed epoch draws the same dropout masks.
+        seed_everything(epoch_seed(config["seed"], epoch))
         rows = _epoch_rows(len(inputs), rank, world, config["seed"] + epoch)
         batches = iterate_batches(inputs[rows], targets[rows], config["batch_size"], seed=config["seed"] + epoch)
         loss = train_epoch(model, batches, optimizer, device, config["loss_horizon"], config["loss_horizon_weight"])
-        metrics: dict[str, float] = {"epoch": epoch, "loss": loss, "epoch_s": time.perf_counter() - started}
+        metrics: dict[str, float] = {
+            "epoch": epoch,
+            "loss": loss,
+            "epoch_s": time.perf_counter() - started,
+            RESUMED_FROM: start_epoch - 1,
+        }
         # Validate every `eval_every` epochs and after the last one: on ML-100K a
         # full-ranking validation costs about as much as a training epoch.
         validate_now = (epoch + 1) % config["eval_every"] == 0 or epoch == config["epochs"] - 1
@@ -129,16 +152,20 @@ def train_with_ray(
     vocab: Vocabulary,
     storage_path: str,
     run_name: str | None = None,
+    max_failures: int | None = None,
 ) -> RayTrainResult:
     """Train SASRec with a TorchTrainer as ``cfg.train`` says; return the best weights and history.
 
     ``eval_split`` is the validation set reported each epoch. Re-running with
-    the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint.
+    the same ``run_name`` and ``storage_path`` resumes from the latest checkpoint;
+    so does the run itself, up to ``max_failures`` times (default
+    ``cfg.train.max_failures``), when a worker fails (``-1``: without limit,
+    ``0``: fail at once).
     """
     from aisys.runtime import init_ray
 
     ray = init_ray(cfg)
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if len(eval_split) == 0:
@@ -177,6 +204,9 @@ def train_with_ray(
             storage_path=_local_storage(storage_path),
             # Each checkpoint carries the best weights so far, so the latest two suffice.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures if max_failures is None else max_failures
+            ),
         ),
     )
     result = trainer.fit()
