@@ -31,6 +31,15 @@ EVENT_SCHEMA = pa.schema(
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+
+# Characters an id must never hold: C0 controls (NUL, tab, newline...), DEL, C1 controls, and the Unicode bidi
+# controls: marks (U+200E/200F, U+061C), embeddings and overrides (U+202A-202E), isolates (U+2066-2069). Such a
+# character is never data: it corrupts log lines and CSV/TSV exports, and a bidi override makes an id display as
+# another ("user\u202egnp.exe" shows as "userexe.png"). One rule, two regex dialects: Python's ``re`` for the
+# HTTP collector (aisys.serving.api_models) and RE2 for batch ingest in pyarrow (aisys.data.validate);
+# tests/unit/test_id_validation.py checks they agree on every code point up to U+FFFF.
+HOSTILE_ID_CHARS = r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+HOSTILE_ID_CHARS_RE2 = r"[\x{0}-\x{1f}\x{7f}-\x{9f}\x{61c}\x{200e}\x{200f}\x{202a}-\x{202e}\x{2066}-\x{2069}]"
 REQUIRED_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "item_id", "event_type", "timestamp")
 
 PARTITION_COLUMN = "event_date"

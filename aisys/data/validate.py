@@ -28,6 +28,7 @@ from aisys.schemas import (
     EVENT_COLUMNS,
     EVENT_SCHEMA,
     EVENT_TYPES,
+    HOSTILE_ID_CHARS_RE2,
     QUARANTINE_SCHEMA,
     REJECT_REASON_COLUMN,
     REQUIRED_COLUMNS,
@@ -230,6 +231,10 @@ def _check(
             reasons.append(
                 _reason(pc.greater(pc.utf8_length(text), rules.max_id_length),
                         f"{name}: longer than {rules.max_id_length} characters")
+            )
+            reasons.append(
+                _reason(pc.match_substring_regex(text, HOSTILE_ID_CHARS_RE2),
+                        f"{name}: holds a control or bidirectional-control character")
             )
 
     col = _column(batch, "event_type")

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aisys.schemas import EVENT_TYPES
+from aisys.schemas import EVENT_TYPES, HOSTILE_ID_CHARS
 
 # Matches the ingest default (cfg.ingest.max_id_length): the collector should
 # not accept an id that ingestion would later quarantine.
@@ -35,11 +35,7 @@ def _encodable(value: str) -> str:
     return value
 
 
-# C0 controls (NUL, tab, newline...), DEL, C1 controls, and the Unicode bidi controls: the marks (U+200E/200F,
-# U+061C), embeddings and overrides (U+202A-202E) and isolates (U+2066-2069). Such a character in an id is
-# never data: it corrupts log lines and CSV/TSV exports, and a bidi override makes an id display as another
-# ("user\u202egnp.exe" shows as "userexe.png") in every admin page, terminal and spreadsheet that shows it.
-_HOSTILE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_HOSTILE_CHARS = re.compile(HOSTILE_ID_CHARS)  # see aisys.schemas: one rule with batch ingest
 
 
 def check_id(value: str) -> str:

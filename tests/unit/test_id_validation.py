@@ -113,3 +113,19 @@ def test_a_timestamp_whose_utc_time_is_out_of_range_is_refused_not_a_crash(times
     (error,) = caught.value.errors()
     assert error["loc"] == ("timestamp",) and "out of range" in error["msg"]
     assert EventIn.model_validate(event(timestamp="0001-01-01T00:00:00-06:00")).timestamp.year == 1
+
+
+def test_the_collector_and_batch_ingest_apply_one_rule_on_every_code_point():
+    """aisys.schemas holds the rule in Python's and RE2's dialects; they must agree on every BMP code point."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from aisys.schemas import HOSTILE_ID_CHARS, HOSTILE_ID_CHARS_RE2
+
+    chars = [chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF]
+    python = [re.search(HOSTILE_ID_CHARS, f"a{c}b") is not None for c in chars]
+    re2 = pc.match_substring_regex(pa.array([f"a{c}b" for c in chars]), HOSTILE_ID_CHARS_RE2).to_pylist()
+    assert python == re2
+    assert sum(python) == 32 + 1 + 32 + 1 + 2 + 5 + 4  # C0, DEL, C1, U+061C, U+200E/F, U+202A-E, U+2066-9

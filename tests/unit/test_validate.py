@@ -50,6 +50,9 @@ def test_good_row_is_clean_and_typed():
         ({"timestamp": "2030-01-01T00:00:00Z"}, "timestamp: after 2027-01-01"),
         ({"price": "-1"}, "price: negative or not finite"),
         ({"price": "cheap"}, "price: not a number 'cheap'"),
+        ({"user_id": "u\x00x"}, "user_id: holds a control or bidirectional-control character"),
+        ({"item_id": "i\u202egnp"}, "item_id: holds a control or bidirectional-control character"),
+        ({"event_id": "e\tf"}, "event_id: holds a control or bidirectional-control character"),
     ],
 )
 def test_each_rule_quarantines_with_a_reason_naming_the_field(changes, reason):
