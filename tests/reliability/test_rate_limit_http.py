@@ -67,13 +67,18 @@ def hammer(url: str, key: str, n: int, stop_at: float, answers: list, lock: thre
 
 
 def replica_counters(url: str, ops_key: str) -> list[dict]:
-    """Both replicas' ``/admin/counters`` (asked until two different answers came back; each replica has its own)."""
+    """Both replicas' ``/admin/counters`` (each replica has its own): asked in concurrent rounds until two
+    different answers came back. Concurrent asks make Serve's router spread them (sequential ones on an idle
+    app can all land on one replica)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     seen: dict[str, dict] = {}
-    with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": ops_key}) as client:
-        for _ in range(60):
-            counters = client.get("/admin/counters").json()
-            seen[json.dumps(counters, sort_keys=True)] = counters
-            if len(seen) == 2:
+    with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": ops_key}) as client, \
+            ThreadPoolExecutor(8) as pool:
+        for _ in range(25):
+            for counters in pool.map(lambda _: client.get("/admin/counters").json(), range(8)):
+                seen[json.dumps(counters, sort_keys=True)] = counters
+            if len(seen) >= 2:
                 break
     return list(seen.values())
 
