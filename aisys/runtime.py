@@ -31,6 +31,14 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
 }
 
+# Set (unless already set) only for a private Ray that init_ray starts. The GCS keeps the last N task events
+# for the dashboard's task list; every actor call leaves ~2 events of ~3 KB, so under serving traffic Ray's
+# default of 100,000 grows gcs_server by ~5.6 MB/min at 15 req/s up to ~350 MB (measured by
+# benchmarks/soak.py: +162% in 30 minutes, the one process that grew more than 10%). 10,000 keeps the
+# dashboard useful on a laptop; on a cluster set it in the environment of `ray start` (docs/operations.md).
+PRIVATE_RAY_ENV = {
+    "RAY_task_events_max_num_task_in_gcs": "10000",
+}
 
 # What HAProxy may retry on another replica: nothing sent (conn-failure), or the
 # replica closed the connection without an answer, answered garbage, or (when a
@@ -169,6 +177,8 @@ def init_ray(cfg: AppConfig, **extra: Any):
         # A private Ray owned by this process tree and torn down with it: token
         # auth is for shared clusters (`ray start`, KubeRay); see docs/operations.md.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        for key, value in PRIVATE_RAY_ENV.items():
+            os.environ.setdefault(key, value)
         apply_ingress_environment(cfg.serve.ingress)
         ray.init(
             num_cpus=cfg.ray.num_cpus,
