@@ -206,6 +206,12 @@ class ServeConfig(_Section):
     route_prefix: str = "/"
     num_replicas: int = Field(1, ge=1)
     max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(
+        -1, ge=-1,
+        description="Requests a caller may queue for a busy deployment before Serve answers 503 at once "
+        "(-1: unbounded, Serve's default). Bound it where an overload should shed load rather than queue: "
+        "the soak measured an unbounded queue turning a short overload into 30 s client timeouts.",
+    )
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1)
     model_uri: str | None = Field(None, description="Override the registry alias (models:/name/version).")

@@ -39,6 +39,7 @@ def build_application(cfg: AppConfig):
         **replica_options(cfg),
         # Serve's default of 5 collapsed under 64 clients here (STACK.md).
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
+        max_queued_requests=cfg.serve.max_queued_requests,
         logging_config={"enable_access_log": cfg.serve.access_log},
     ).bind(cfg.model_dump())
 
