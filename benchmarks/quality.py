@@ -14,8 +14,11 @@ as ``benchmarks/results/quality_segments.html`` (plotly, self-contained).
     python benchmarks/quality.py --cache-dir /tmp/mlcache --set train.torch_threads=1
 
 SASRec uses the ML-100K settings of ``aisys.evaluation.runner.ML100K_PRESET`` (and
-``ML100K_SPLIT_PRESET[split]``) beneath any ``--set`` override. ``sasrec+ease``
-also reports the SASRec inside it as ``sasrec`` (the same training, not repeated).
+``ML100K_SPLIT_PRESET[split]``) beneath any ``--set`` override. The sequential model
+``sasrec+ease+slit+recentpop`` also reports the SASRec inside it as ``sasrec`` (the
+same training, not repeated).
+
+    python benchmarks/quality.py --jobs 4 --fit-cache out/fits   # parallel; SASRec fits kept for re-runs
 """
 
 from __future__ import annotations
@@ -40,50 +43,119 @@ from aisys.evaluation.runner import (
 )
 from aisys.evaluation.segments import demographics_from_table, segment_metrics
 
-DETERMINISTIC = {"pop", "itemknn", "ease"}
-ORDER = ("pop", "itemknn", "ease", "bpr", "sasrec", "sasrec+ease")
+DETERMINISTIC = {"pop", "itemknn", "ease", "recentpop", "ease-recency", "slit"}
+ORDER = (
+    "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease",
+    "sasrec+ease+slit+recentpop",
+)
+# The default run: `sasrec+ease` (the previous blend) is a special case of the recency blend.
+DEFAULT_MODELS = (
+    "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease+slit+recentpop",
+)
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(models, splits, seeds, overrides, log) -> dict:
-    """Evaluate every (split, model, seed); returns the JSON-ready results."""
+def units(models, splits, seeds, tune_each_seed: bool) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The independent pieces of work: (split, model, seeds run in order, the first tunes)."""
+    # A blend reports its SASRec alone too (same training): no need to train `sasrec` again.
+    blends = [m for m in models if m.startswith("sasrec+")]
+    to_run = [m for m in models if not (m == "sasrec" and blends)]
+    out = []
+    for split in splits:
+        for model in to_run:
+            model_seeds = tuple(seeds) if model not in DETERMINISTIC else tuple(seeds[:1])
+            if tune_each_seed:
+                out += [(split, model, (seed,)) for seed in model_seeds]
+            else:
+                out.append((split, model, model_seeds))
+    return out
+
+
+def run_unit(unit, models, overrides, fit_cache, log) -> tuple[list[dict], list[dict]]:
+    """Evaluate one unit: tune with its first seed, refit with each seed; returns (runs, segments)."""
+    split, model, seeds = unit
     data, users = load_movielens_interactions(ml100k_config(None, overrides, "loo"))
     demographics = demographics_from_table(users)
+    cfg = ml100k_config(None, overrides, split)
     runs, segments = [], []
-    # sasrec+ease reports its SASRec alone too (same training): no need to train `sasrec` twice.
-    to_run = [m for m in models if not (m == "sasrec" and "sasrec+ease" in models)]
-    for split in splits:
-        cfg = ml100k_config(None, overrides, split)
-        for model in to_run:
-            settings = None
-            for seed in seeds if model not in DETERMINISTIC else seeds[:1]:
-                started = time.perf_counter()
-                result = evaluate_model(model, data, split, cfg, seed=seed, log=log, settings=settings)
-                settings = settings or result.settings  # tuned once (first seed), refit per seed
-                wall = time.perf_counter() - started
-                for part in ([result.component] if result.component and "sasrec" in models else []) + [result]:
-                    task = part.test_task
-                    table = segment_metrics(
-                        part.per_user, task.users, task.histories(), task.targets, demographics,
-                        part.item_popularity,
-                    )
-                    segments += [{**row, "split": split, "model": part.model, "seed": seed}
-                                 for row in table.to_dict("records")]
-                    runs.append({
-                        "split": split, "model": part.model, "seed": seed, "settings": part.settings,
-                        "valid": part.valid_metrics, "test": part.test_metrics,
-                        "train_seconds": part.train_seconds, "tune_seconds": part.tune_seconds,
-                        "valid_trace": {str(k): v for k, v in part.trace.items()}, "wall_seconds": wall,
-                    })
-                    log(f"{split} {part.model} seed {seed}: test ndcg@10 {part.test_metrics['ndcg@10']:.4f} "
-                        f"(refit {part.train_seconds:.1f}s)")
+    settings = None
+    blends = [m for m in models if m.startswith("sasrec+")]
+    for seed in seeds:
+        started = time.perf_counter()
+        result = evaluate_model(
+            model, data, split, cfg, seed=seed, log=log, settings=settings, fit_cache=fit_cache
+        )
+        settings = settings or result.settings  # tuned once (first seed), refit per seed
+        wall = time.perf_counter() - started
+        # The first blend listed also reports its SASRec alone (the same training).
+        own_sasrec = result.component and "sasrec" in models and model == blends[0]
+        for part in ([result.component] if own_sasrec else []) + [result]:
+            task = part.test_task
+            table = segment_metrics(
+                part.per_user, task.users, task.histories(), task.targets, demographics, part.item_popularity,
+            )
+            segments += [{**row, "split": split, "model": part.model, "seed": seed}
+                         for row in table.to_dict("records")]
+            runs.append({
+                "split": split, "model": part.model, "seed": seed, "settings": part.settings,
+                "valid": part.valid_metrics, "test": part.test_metrics,
+                "train_seconds": part.train_seconds, "tune_seconds": part.tune_seconds,
+                "valid_trace": {str(k): v for k, v in part.trace.items()}, "wall_seconds": wall,
+            })
+            log(f"{split} {part.model} seed {seed}: test ndcg@10 {part.test_metrics['ndcg@10']:.4f} "
+                f"(refit {part.train_seconds:.1f}s)")
+    return runs, segments
+
+
+def _print_log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _run_unit_in_worker(unit, models, overrides, fit_cache):
+    import torch
+
+    torch.set_num_threads(1)
+    return run_unit(unit, models, overrides, fit_cache, _print_log)
+
+
+def run(models, splits, seeds, overrides, log, jobs: int = 1, tune_each_seed: bool = False,
+        fit_cache: str | None = None) -> dict:
+    """Evaluate every (split, model, seed); returns the JSON-ready results.
+
+    ``jobs > 1`` runs the units (see :func:`units`) in that many processes.
+    """
+    work = units(models, splits, seeds, tune_each_seed)
+    runs, segments = [], []
+    if jobs <= 1:
+        results = [run_unit(unit, models, overrides, fit_cache, log) for unit in work]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_run_unit_in_worker, unit, models, overrides, fit_cache) for unit in work]
+            results = [future.result() for future in futures]
+    for unit_runs, unit_segments in results:
+        runs += unit_runs
+        segments += unit_segments
     return {
-        "protocol": "docs/evaluation.md", "seeds": list(seeds), "preset": list(ML100K_PRESET),
-        "split_preset": {k: list(v) for k, v in ML100K_SPLIT_PRESET.items()},
+        "protocol": "docs/evaluation.md", "seeds": list(seeds), "tune_each_seed": tune_each_seed,
+        "preset": list(ML100K_PRESET), "split_preset": {k: list(v) for k, v in ML100K_SPLIT_PRESET.items()},
         "overrides": list(overrides), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "runs": runs, "segments": segments, "summary": summarize(runs),
     }
+
+
+def keep_earlier(results: dict, earlier: dict, source: str) -> dict:
+    """``results`` plus the runs and segments of ``earlier`` for the (split, model) pairs not re-run."""
+    fresh = {(r["split"], r["model"]) for r in results["runs"]}
+    kept = [r for r in earlier["runs"] if (r["split"], r["model"]) not in fresh]
+    segments = [s for s in earlier["segments"] if (s["split"], s["model"]) not in fresh]
+    runs = kept + results["runs"]
+    return {**results, "runs": runs, "segments": segments + results["segments"], "summary": summarize(runs),
+            "kept_from": {"path": source, "pairs": sorted({f"{r['split']}/{r['model']}" for r in kept})}}
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -134,19 +206,25 @@ def write_segment_plot(segments: list[dict], path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODEL_NAMES)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--cache-dir", default=None, help="MovieLens download cache (paths.cache_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for quality.json and the plot")
+    parser.add_argument("--jobs", type=int, default=1, help="processes running (split, model[, seed]) units")
+    parser.add_argument("--tune-each-seed", action="store_true",
+                        help="every seed runs the whole protocol (tunes on valid itself); default: the first tunes")
+    parser.add_argument("--fit-cache", default=None,
+                        help="folder keeping SASRec fits by (settings, seed, data): a re-run reuses them")
+    parser.add_argument("--keep-from", type=Path, default=None,
+                        help="an earlier quality.json: its (split, model) rows not re-run here are kept")
     args = parser.parse_args()
     overrides = list(args.overrides) + ([f"paths.cache_dir={args.cache_dir}"] if args.cache_dir else [])
-
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-    results = run(args.models, args.splits, args.seeds, overrides, log)
+    results = run(args.models, args.splits, args.seeds, overrides, _print_log, args.jobs, args.tune_each_seed,
+                  args.fit_cache)
+    if args.keep_from:
+        results = keep_earlier(results, json.loads(args.keep_from.read_text()), str(args.keep_from))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=float))
     plot = write_segment_plot(results["segments"], args.out / "quality_segments.html")

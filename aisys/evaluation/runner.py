@@ -7,28 +7,64 @@ test. SASRec validates every ``train.eval_every`` epochs up to
 ``train.epochs`` and keeps the best epoch count for the refit, which then
 trains exactly that many epochs (no early stopping on test).
 
+The sequential model ``sasrec+ease+slit+recentpop`` blends SASRec with an EASE
+variant, SLIT and recent popularity; its blend is tuned on valid with the SASRec
+fit on valid's train (:func:`_tune_recency_blend`). Time-aware models get each
+train interaction's timestamp from :func:`task_times`.
+
 Everything here is plain numpy/torch in this process: Ray Train is the
 production path for the same loop (``benchmarks/train_throughput.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from aisys.config import AppConfig
-from aisys.evaluation.protocol import EvalTask, Interactions, interactions_from_events, item_popularity, split_tasks
+from aisys.evaluation.protocol import (
+    EvalTask,
+    Interactions,
+    interactions_from_events,
+    item_popularity,
+    split_tasks,
+    time_order,
+)
 from aisys.evaluation.ranking import UserMetrics, summarize, user_metrics
-from aisys.evaluation.sequential import SASRecRecommender, SequentialSettings
-from aisys.models.baselines import BPRMF, EASE, ItemKNN, MostPopular, Recommender, ScoreBlend, blend_scores
+from aisys.evaluation.sequential import FitTrace, SASRecRecommender, SequentialSettings
+from aisys.models.baselines import (
+    BPRMF,
+    EASE,
+    ItemKNN,
+    MostPopular,
+    RecentPopularity,
+    Recommender,
+    SequentialLinear,
+    WeightedBlend,
+    blend_many,
+    blend_scores,
+    fit_model,
+)
+from aisys.schemas import TIMESTAMP_TYPE
 
-MODEL_NAMES = ("sasrec", "pop", "itemknn", "ease", "bpr", "sasrec+ease")
+MODEL_NAMES = (
+    "sasrec", "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec+ease",
+    "sasrec+ease+slit+recentpop",
+)
+SEQUENTIAL_MODELS = ("sasrec", "sasrec+ease", "sasrec+ease+slit+recentpop")
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+# sasrec+ease+slit+recentpop: weights of EASE, SLIT and recent popularity relative to SASRec's 1 (tuned on valid).
+RECENCY_BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
+SASREC_BLEND_WEIGHTS = (0.75, 0.5, 0.3, 0.2, 0.1)
+# Interaction timestamps are int64 in the event schema's unit (microseconds); models take seconds.
+_TIME_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[TIMESTAMP_TYPE.unit]
 SPLITS = ("loo", "temporal")
 SELECT_METRIC = "ndcg@10"
 # The SASRec settings chosen on ML-100K validation (docs/evaluation.md); `aisys evaluate`
@@ -44,7 +80,8 @@ ML100K_PRESET: tuple[str, ...] = (
 # Per split, on top: the temporal targets are every later item, so predicting 20 steps ahead helped on valid.
 ML100K_SPLIT_PRESET: dict[str, tuple[str, ...]] = {
     "loo": (),
-    "temporal": ("train.loss_horizon=20", "train.loss_horizon_weight=1.0"),
+    # 12 epochs: valid peaked at 9 (0.131; 0.135 at 24 of 30), and SASRec gets ~0.1 of the blend's weight here.
+    "temporal": ("train.loss_horizon=20", "train.loss_horizon_weight=1.0", "train.epochs=12"),
 }
 EXPORT_DEPTH = 100
 K = 10
@@ -55,6 +92,14 @@ BASELINE_GRIDS: dict[str, list[dict[str, Any]]] = {
     "itemknn": [{"neighbors": n, "shrink": s} for n in (50, 200) for s in (0.0, 50.0)],
     "ease": [{"l2": l2} for l2 in (30.0, 100.0, 300.0, 1000.0)],
     "bpr": [{"dim": 64, "epochs": e, "l2": l2} for e in (20, 50) for l2 in (1e-5, 1e-3)],
+    # Recency: popularity decayed by age (what is popular now), and EASE that weighs a
+    # user's recent items more (input_decay) and recent co-occurrences more (half_life_days).
+    "recentpop": [{"half_life_days": h} for h in (1.0, 3.0, 7.0, 14.0, 30.0, 60.0)],
+    "slit": [{"l2": l2} for l2 in (30.0, 100.0, 300.0)],
+    "ease-recency": [
+        {"l2": l2, "input_decay": d, "half_life_days": h}
+        for l2 in (100.0, 300.0, 1000.0) for d in (1.0, 0.9, 0.8) for h in (None, 60.0)
+    ],
 }
 
 
@@ -76,6 +121,54 @@ class EvaluationResult:
     item_popularity: np.ndarray
     trace: dict[int, float] = field(default_factory=dict)  # SASRec: valid NDCG@10 per checked epoch
     component: "EvaluationResult | None" = None  # sasrec+ease: the SASRec inside the blend, scored alone
+
+
+class CachedSASRec(SASRecRecommender):
+    """A :class:`SASRecRecommender` whose fits are stored in ``cache_dir`` and reloaded when asked again.
+
+    The key is every setting (seed and epochs included), the catalogue size, the
+    train sequences, and whether (and on which ``task``) it validated: the same
+    key trains the same model, so a benchmark re-run (e.g. with a new blend) skips
+    SASRec training. ``trace.seconds`` keeps the original fit's time.
+    """
+
+    def __init__(self, settings: SequentialSettings, cache_dir: str | Path, task: str = "") -> None:
+        super().__init__(settings)
+        self.cache_dir, self.task = Path(cache_dir), task
+        self.from_cache = False
+
+    def _path(self, train: Mapping[str, Sequence[int]], n_items: int, validated: bool) -> Path:
+        key = json.dumps(
+            {"settings": asdict(self.settings), "n_items": n_items, "validated": validated, "task": self.task,
+             "train": sorted((u, list(map(int, seq))) for u, seq in train.items())},
+            sort_keys=True,
+        )
+        return self.cache_dir / f"sasrec-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+
+    def fit(self, train, n_items, validate=None):  # noqa: D102 (see SASRecRecommender.fit)
+        import torch
+
+        from aisys.models.sasrec import SASRec, SASRecConfig
+
+        path = self._path(train, n_items, validate is not None)
+        if path.exists():
+            stored = torch.load(path, weights_only=False)
+            s = self.settings
+            self.model = SASRec(SASRecConfig(
+                n_items=n_items, max_seq_len=s.max_seq_len, embedding_dim=s.embedding_dim, n_layers=s.n_layers,
+                n_heads=s.n_heads, dropout=s.dropout,
+            ))
+            self.model.load_state_dict(stored["state_dict"])
+            self.model.eval()
+            self.trace = FitTrace(**stored["trace"])
+            self.from_cache = True
+            return self
+        super().fit(train, n_items, validate)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"state_dict": self.model.state_dict(), "trace": asdict(self.trace)}, tmp)
+        tmp.replace(path)  # atomic: a parallel run never reads half a file
+        return self
 
 
 def ml100k_config(path: str | None, overrides: list[str] | tuple[str, ...], split: str) -> AppConfig:
@@ -109,7 +202,33 @@ def make_baseline(name: str, settings: dict[str, Any], seed: int, threads: int =
         return EASE(**settings)
     if name == "bpr":
         return BPRMF(**settings, seed=seed, threads=threads)
+    if name == "recentpop":
+        return RecentPopularity(**settings)
+    if name == "ease-recency":
+        return EASE(**settings)
+    if name == "slit":
+        return SequentialLinear(**settings)
     raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+
+
+def task_times(data: Interactions, task: EvalTask) -> dict[str, list[int]]:
+    """Each user's train timestamps in seconds, aligned with ``task.train[user]`` (for time-aware models).
+
+    Every task's train sequence is a prefix of the user's time-ordered interactions
+    (leave-one-out drops the last one or two; temporal keeps those up to a cut).
+    """
+    items: dict[str, list[int]] = {}
+    stamps: dict[str, list[int]] = {}
+    for row in time_order(data.timestamps):
+        user = str(data.users[row])
+        items.setdefault(user, []).append(int(data.items[row]))
+        stamps.setdefault(user, []).append(int(data.timestamps[row]) // _TIME_UNITS_PER_SECOND)
+    times = {}
+    for user, seq in task.train.items():
+        if items.get(user, [])[: len(seq)] != list(seq):
+            raise ValueError(f"task {task.name!r}: train of user {user!r} is not a prefix of their interactions")
+        times[user] = stamps[user][: len(seq)]
+    return times
 
 
 def score_task(model: Recommender, task: EvalTask, k: int = K) -> tuple[dict[str, float], UserMetrics, np.ndarray]:
@@ -131,36 +250,42 @@ def _fit_timed(fit: Callable[[], Any]) -> float:
 def evaluate_model(
     name: str, data: Interactions, split: str, cfg: AppConfig, seed: int = 0,
     log: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None,
+    fit_cache: str | Path | None = None,
 ) -> EvaluationResult:
     """Tune ``name`` on the valid task of ``split``, refit on the test task, score and rank (see module doc).
 
     With ``settings`` (e.g. ``EvaluationResult.settings`` of an earlier seed)
     tuning is skipped (``valid_metrics`` is then empty) and the model is refit
-    with them: how the benchmark repeats a tuned model over seeds.
+    with them: how the benchmark repeats a tuned model over seeds. With
+    ``fit_cache`` (a folder) SASRec fits are stored there and reused when the
+    same settings, seed and data come again (:class:`CachedSASRec`); the times
+    reported are then those of the original fits.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
     log = log or (lambda message: None)
     valid, test = split_tasks(data, split)
+    valid_times, test_times = task_times(data, valid), task_times(data, test)
     trace: dict[int, float] = {}
     tune_seconds = 0.0
     sasrec_valid_metrics: dict[str, float] = {}
     if settings is not None:
         chosen = dict(settings)
         valid_metrics: dict[str, float] = {}  # not tuned here: the settings come from an earlier run
-        if name in ("sasrec", "sasrec+ease"):
+        if name in SEQUENTIAL_MODELS:
             chosen = {**chosen, "seed": seed}
-            model: Recommender = _sequential_model(chosen)
+            model: Recommender = _sequential_model(chosen, fit_cache, test.name)
         else:
             model = make_baseline(name, chosen, seed, cfg.train.torch_threads)
-    elif name in ("sasrec", "sasrec+ease"):
+    elif name in SEQUENTIAL_MODELS:
         base = sequential_settings(cfg, seed)
 
         def validate(model: SASRecRecommender) -> float:
             return score_task(model, valid)[0][SELECT_METRIC]
 
-        tuner = SASRecRecommender(base)
+        tuner = CachedSASRec(base, fit_cache, valid.name) if fit_cache else SASRecRecommender(base)
         tune_seconds = _fit_timed(lambda: tuner.fit(valid.train, valid.n_items, validate))
+        tune_seconds += _cached_seconds(tuner)
         trace = dict(tuner.trace.scores)
         best_epochs = tuner.trace.best_epoch
         valid_metrics = score_task(tuner, valid)[0]
@@ -171,12 +296,16 @@ def evaluate_model(
             blend, valid_metrics, blend_seconds = _tune_blend(tuner, valid, log)
             tune_seconds += blend_seconds
             chosen.update(blend)
-        model = _sequential_model(chosen)
+        elif name == "sasrec+ease+slit+recentpop":
+            blend, valid_metrics, blend_seconds = _tune_recency_blend(tuner, valid, valid_times, log)
+            tune_seconds += blend_seconds
+            chosen.update(blend)
+        model = _sequential_model(chosen, fit_cache, test.name)
     else:
         best: tuple[float, dict[str, Any], dict[str, float]] | None = None
         for point in BASELINE_GRIDS[name]:
             candidate = make_baseline(name, point, seed, cfg.train.torch_threads)
-            tune_seconds += _fit_timed(lambda: candidate.fit(valid.train, valid.n_items))
+            tune_seconds += _fit_timed(lambda: fit_model(candidate, valid.train, valid.n_items, valid_times))
             metrics = score_task(candidate, valid)[0]
             log(f"{name} {split}: {point} valid {SELECT_METRIC} {metrics[SELECT_METRIC]:.4f}")
             if best is None or metrics[SELECT_METRIC] > best[0]:
@@ -184,19 +313,22 @@ def evaluate_model(
         assert best is not None
         _, chosen, valid_metrics = best
         model = make_baseline(name, chosen, seed, cfg.train.torch_threads)
-    train_seconds = _fit_timed(lambda: model.fit(test.train, test.n_items))
+    train_seconds = _fit_timed(lambda: fit_model(model, test.train, test.n_items, test_times))
+    sasrec_part = model.models[0] if isinstance(model, WeightedBlend) else model
+    train_seconds += _cached_seconds(sasrec_part)
     test_metrics, per_user, scores = score_task(model, test)
     top = top_items(scores, test.histories(), EXPORT_DEPTH)
     component = None
-    if isinstance(model, ScoreBlend):
+    if isinstance(model, WeightedBlend):
         # The blend's SASRec is exactly what `sasrec` alone would train (its epochs were
         # chosen on SASRec's own valid score): report it too, at no extra training.
-        alone_metrics, alone_per_user, alone_scores = score_task(model.first, test)
+        alone_metrics, alone_per_user, alone_scores = score_task(model.models[0], test)
         component = EvaluationResult(
             model="sasrec", split=split, seed=seed,
-            settings={k: v for k, v in chosen.items() if k not in ("ease_l2", "blend_weight")},
+            settings={k: v for k, v in chosen.items() if k not in _BLEND_KEYS},
             valid_metrics=sasrec_valid_metrics, test_metrics=alone_metrics,
-            train_seconds=model.fit_seconds[0], tune_seconds=tune_seconds, test_task=test,
+            train_seconds=model.fit_seconds[0] + _cached_seconds(sasrec_part), tune_seconds=tune_seconds,
+            test_task=test,
             per_user=alone_per_user, top_items=top_items(alone_scores, test.histories(), EXPORT_DEPTH),
             item_popularity=item_popularity(test), trace=trace,
         )
@@ -207,12 +339,37 @@ def evaluate_model(
     )
 
 
-def _sequential_model(settings: dict[str, Any]) -> Recommender:
-    """SASRec from its settings, blended with EASE when they carry ``ease_l2`` and ``blend_weight``."""
+_BLEND_KEYS = (
+    "ease_l2", "blend_weight", "ease_input_decay", "ease_half_life_days", "recent_half_life_days", "recent_weight",
+    "sasrec_weight", "slit_weight",
+)
+
+
+def _cached_seconds(model: Any) -> float:
+    """The original fit time of a SASRec loaded from the fit cache (0 for anything else)."""
+    return model.trace.seconds if getattr(model, "from_cache", False) else 0.0
+
+
+def _sequential_model(
+    settings: dict[str, Any], fit_cache: str | Path | None = None, task: str = ""
+) -> Recommender:
+    """SASRec from its settings; blended with EASE when they carry ``ease_l2`` and ``blend_weight``, and
+    also with recent popularity when they carry ``recent_half_life_days`` and ``recent_weight``."""
     settings = dict(settings)
-    l2, weight = settings.pop("ease_l2", None), settings.pop("blend_weight", None)
-    sasrec = SASRecRecommender(SequentialSettings(**settings))
-    return sasrec if l2 is None else ScoreBlend(sasrec, EASE(l2=l2), weight)
+    blend = {key: settings.pop(key) for key in _BLEND_KEYS if key in settings}
+    sequential = SequentialSettings(**settings)
+    sasrec = CachedSASRec(sequential, fit_cache, task) if fit_cache else SASRecRecommender(sequential)
+    if not blend:
+        return sasrec
+    ease = EASE(
+        l2=blend["ease_l2"], input_decay=blend.get("ease_input_decay", 1.0),
+        half_life_days=blend.get("ease_half_life_days"),
+    )
+    if "recent_half_life_days" not in blend:
+        return WeightedBlend([sasrec, ease], [1.0, blend["blend_weight"]])
+    recent = RecentPopularity(blend["recent_half_life_days"])
+    weights = [blend.get("sasrec_weight", 1.0), blend["blend_weight"], blend["recent_weight"], blend["slit_weight"]]
+    return WeightedBlend([sasrec, ease, recent, SequentialLinear()], weights)
 
 
 def _tune_blend(
@@ -234,6 +391,74 @@ def _tune_blend(
     assert best is not None
     log(f"sasrec+ease: best blend {best[1]} valid {SELECT_METRIC} {best[0]:.4f}")
     return best[1], best[2], time.perf_counter() - started
+
+
+def _tune_recency_blend(
+    sasrec: SASRecRecommender, valid: EvalTask, times: dict[str, list[int]], log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, float], float]:
+    """Pick the EASE variant, SLIT's weight, the recent-popularity half-life and the weights on valid.
+
+    A coordinate search, SASRec (as fit on valid's train) at weight 1: the EASE variant
+    (``ease-recency`` grid) and its weight alone; SLIT's weight (EASE's re-tuned); recent
+    popularity's half-life and weight (EASE's re-tuned); the EASE variant again; last,
+    SASRec's own weight below 1. SLIT keeps :class:`SequentialLinear`'s defaults.
+    """
+    started = time.perf_counter()
+    histories = valid.histories()
+    popularity = item_popularity(valid)
+    base = sasrec.score(valid.users, histories)
+    eases = {
+        tuple(point.values()): fit_model(EASE(**point), valid.train, valid.n_items, times).score(valid.users, histories)
+        for point in BASELINE_GRIDS["ease-recency"]
+    }
+    recents = {
+        p["half_life_days"]: fit_model(RecentPopularity(**p), valid.train, valid.n_items, times).score(
+            valid.users, histories
+        )
+        for p in BASELINE_GRIDS["recentpop"]
+    }
+    slit = SequentialLinear().fit(valid.train, valid.n_items).score(valid.users, histories)
+    W = RECENCY_BLEND_WEIGHTS
+    # (ease variant, w_ease, w_slit, half-life, w_recent, w_sasrec)
+    point = (next(iter(eases)), 0.0, 0.0, next(iter(recents)), 0.0, 1.0)
+    best: tuple[float, tuple, dict[str, float]] | None = None
+
+    def consider(candidate: tuple) -> None:
+        nonlocal best
+        key, w_ease, w_slit, half_life, w_recent, w_sasrec = candidate
+        blended = blend_many([base, eases[key], slit, recents[half_life]], [w_sasrec, w_ease, w_slit, w_recent])
+        metrics = summarize(user_metrics(blended, valid.targets, histories, K), valid.n_items, K, popularity)
+        if best is None or metrics[SELECT_METRIC] > best[0]:
+            best = (metrics[SELECT_METRIC], candidate, metrics)
+
+    consider(point)
+    for key in eases:
+        for w in W:
+            consider((key, w, *point[2:]))
+    point = best[1]
+    for w_slit in W:
+        for w in W:
+            consider((point[0], w, w_slit, *point[3:]))
+    point = best[1]
+    for half_life in recents:
+        for w_recent in W[1:]:
+            for w in W:
+                consider((point[0], w, point[2], half_life, w_recent, point[5]))
+    point = best[1]
+    for key in eases:
+        for w in W:
+            consider((key, w, *point[2:]))
+    point = best[1]
+    for w_sasrec in SASREC_BLEND_WEIGHTS:
+        consider((*point[:5], w_sasrec))
+    score_value, ((l2, decay, ease_half_life), w_ease, w_slit, half_life, w_recent, w_sasrec), metrics = best
+    chosen = {
+        "ease_l2": l2, "ease_input_decay": decay, "ease_half_life_days": ease_half_life, "blend_weight": w_ease,
+        "slit_weight": w_slit, "recent_half_life_days": half_life, "recent_weight": w_recent,
+        "sasrec_weight": w_sasrec,
+    }
+    log(f"sasrec+ease+slit+recentpop: best blend {chosen} valid {SELECT_METRIC} {score_value:.4f}")
+    return chosen, metrics, time.perf_counter() - started
 
 
 def top_items(scores: np.ndarray, histories: list[list[int]], depth: int = EXPORT_DEPTH) -> np.ndarray:

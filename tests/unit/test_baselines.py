@@ -115,3 +115,90 @@ def test_blend_standardises_each_models_scores_before_weighting():
     assert np.argmax(blend_scores(first, second, 2.0)[0]) == 1  # the second's scale does not decide, its weight does
     blend = ScoreBlend(MostPopular(), EASE(l2=1.0), 1.0).fit(two_clusters(), 10)
     assert blend.score(["u0"], [[1]]).shape == (1, 11) and blend.fit_seconds[0] >= 0
+
+
+DAY = 86400
+
+
+def test_recency_matrix_weighs_the_newest_item_one_and_older_ones_by_powers_of_decay():
+    from aisys.models.baselines import recency_matrix
+
+    matrix = recency_matrix([[3, 1, 2], []], 4, decay=0.5)
+    assert matrix.tolist() == [[0.0, 0.5, 1.0, 0.25, 0.0], [0.0] * 5]
+    assert np.array_equal(recency_matrix([[3, 1]], 4, 1.0), interaction_matrix([[3, 1]], 4))
+    with pytest.raises(ValueError, match="decay"):
+        recency_matrix([[1]], 4, 0.0)
+
+
+def test_recent_popularity_ranks_what_is_popular_now_above_what_was_popular_long_ago():
+    from aisys.models.baselines import RecentPopularity
+
+    # Item 1: five interactions 100 days ago; item 2: two today.
+    train = {f"old{u}": [1] for u in range(5)} | {"new0": [2], "new1": [2]}
+    times = {u: [0] for u in train if u.startswith("old")} | {"new0": [100 * DAY], "new1": [100 * DAY]}
+    scores = RecentPopularity(half_life_days=10.0).fit(train, 3, times=times).score(["x"], [[]])
+    assert scores[0, 2] > scores[0, 1] > scores[0, 3] == 0 and np.isneginf(scores[0, 0])
+    assert np.isclose(scores[0, 1], 5 * 0.5**10)
+    slow = RecentPopularity(half_life_days=1e6).fit(train, 3, times=times).score(["x"], [[]])
+    assert slow[0, 1] > slow[0, 2]  # a very long half-life is plain popularity
+    with pytest.raises(ValueError, match="needs times"):
+        RecentPopularity().fit(train, 3)
+    with pytest.raises(ValueError, match="one timestamp per train item"):
+        RecentPopularity().fit(train, 3, times={**times, "new0": []})
+
+
+def test_ease_input_decay_follows_the_users_latest_taste():
+    train = two_clusters()
+    history = [1, 2, 3, 6]  # mostly cluster 1-5, but the newest item is from cluster 6-10
+    plain = EASE(l2=1.0).fit(train, 10).score(["x"], [history])[0]
+    recent = EASE(l2=1.0, input_decay=0.3).fit(train, 10).score(["x"], [history])[0]
+    for row in (plain, recent):
+        row[history] = -np.inf
+    assert 1 <= int(np.argmax(plain)) <= 5
+    assert 6 <= int(np.argmax(recent)) <= 10
+
+
+def test_ease_half_life_lets_recent_co_occurrences_outweigh_old_ones():
+    # Long ago 6 users took items 1 and 2 together; lately 3 users took 1 and 3 together.
+    train = {f"old{u}": [1, 2] for u in range(6)} | {f"new{u}": [1, 3] for u in range(3)}
+    times = {u: [0, 0] for u in train if u.startswith("old")} | {
+        u: [200 * DAY, 200 * DAY] for u in train if u.startswith("new")
+    }
+    plain = EASE(l2=1.0).fit(train, 3).score(["x"], [[1]])[0]
+    decayed = EASE(l2=1.0, half_life_days=20.0).fit(train, 3, times=times).score(["x"], [[1]])[0]
+    assert plain[2] > plain[3] and decayed[3] > decayed[2]
+    with pytest.raises(ValueError, match="needs times"):
+        EASE(l2=1.0, half_life_days=20.0).fit(train, 3)
+
+
+def test_weighted_blend_passes_times_to_the_models_that_use_them_and_weighs_z_scores():
+    from aisys.models.baselines import RecentPopularity, WeightedBlend, blend_many, blend_scores
+
+    first = np.array([[-np.inf, 1.0, 2.0, 3.0]])
+    second = np.array([[-np.inf, 300.0, 200.0, 100.0]])
+    assert np.allclose(blend_many([first, second], [1.0, 0.7]), blend_scores(first, second, 0.7))
+    assert np.argmax(blend_many([first, second], [0.0, 1.0])[0]) == 1
+    train = {"a": [1, 2], "b": [2, 3]}
+    times = {"a": [0, DAY], "b": [DAY, 50 * DAY]}
+    blend = WeightedBlend([EASE(l2=1.0), RecentPopularity(1.0)], [1.0, 2.0])
+    assert blend.uses_times
+    scores = blend.fit(train, 3, times=times).score(["a"], [[1]])
+    assert scores.shape == (1, 4) and np.isneginf(scores[0, 0]) and len(blend.fit_seconds) == 2
+    with pytest.raises(ValueError, match="one weight per model"):
+        WeightedBlend([EASE()], [1.0, 2.0])
+
+
+def test_sequential_linear_learns_what_comes_next_not_only_what_goes_together():
+    from aisys.models.baselines import SequentialLinear
+
+    rng = np.random.default_rng(0)
+    # Users walk items 1..8 in a cycle (next = current + 1) from random starts.
+    train = {f"u{u}": [int((s + t) % 8) + 1 for t in range(int(rng.integers(3, 7)))]
+             for u, s in enumerate(rng.integers(0, 8, 60))}
+    model = SequentialLinear(l2=1.0, window=3).fit(train, 8)
+    scores = model.score(["a", "b"], [[5], [2, 3]])
+    assert scores.shape == (2, 9) and np.all(np.isneginf(scores[:, 0]))
+    assert int(np.argmax(scores[0])) == 6 and scores[0, 6] > scores[0, 4]  # after 5 comes 6, not 4
+    assert int(np.argmax(np.where(np.isin(np.arange(9), [2, 3]), -np.inf, scores[1]))) == 4
+    with pytest.raises(ValueError, match="no user has 2"):
+        SequentialLinear().fit({"a": [1]}, 8)

@@ -38,3 +38,10 @@ def test_console_script_runs():
     exe = [sys.executable, "-m", "aisys.cli", "--help"]
     out = subprocess.run(exe, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_evaluate_offers_every_model_the_runner_knows():
+    from aisys.cli import EVALUATE_MODELS
+    from aisys.evaluation.runner import MODEL_NAMES
+
+    assert tuple(EVALUATE_MODELS) == tuple(MODEL_NAMES)
