@@ -374,6 +374,11 @@ class GateConfig(_Section):
         0.10, ge=0, description="No segment may be worse than the champion's by more than this (relative)."
     )
     min_segment_users: int = Field(20, ge=1, description="Segments smaller than this are not judged.")
+    segment_alpha: float = Field(
+        0.05, ge=0, lt=1,
+        description="A segment below its floor fails only if the shortfall is significant (one-sided paired test "
+        "over its users, p < segment_alpha); 0 fails any point estimate below the floor.",
+    )
 
 
 class MonitorConfig(_Section):

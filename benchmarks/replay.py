@@ -358,7 +358,8 @@ def run_movielens(args, root: Path, log: Callable[[str], None]) -> dict[str, Any
 
     results: dict[str, ScenarioResult] = {}
     for name, kwargs, more in plan:
-        promote = args.promote if ("retrain_every" in kwargs or "loop_check_every" in kwargs) else "gate"
+        promote = {"retrain_every": args.promote, "loop_check_every": args.loop_promote}
+        promote = next((promote[k] for k in promote if k in kwargs), "gate")
         key = {"base": base_info["snapshot_id"], "events": len(rows), "kwargs": kwargs, "extra": [*extra, *more],
                "promote": promote}
         cached = root / f"{name}.result.json"
@@ -566,7 +567,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", nargs="*", default=None, help="ML scenarios to run (b_live always runs)")
     parser.add_argument("--movielens-path", default=ML_PATH)
     parser.add_argument("--promote", choices=("gate", "always"), default="always",
-                        help="(c)/(d): 'always' deploys every retrained model (blind); 'gate': only what the gate promotes")
+                        help="(c): 'always' deploys every retrained model (the blind periodic retrain); 'gate': "
+                             "only what the gate promotes")
+    parser.add_argument("--loop-promote", choices=("gate", "always"), default="gate",
+                        help="(d): 'gate' (the loop as it runs in production) or 'always' (every retrain deployed)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the trained base and scenario results in --workdir made with the same settings")
     parser.add_argument("--sim-train-share", type=float, default=0.6, help="share of the pre-shift events trained on")

@@ -13,7 +13,12 @@ words, why the candidate was promoted or refused. The rules (thresholds from :cl
 4. **Popularity bias**: ``candidate["popularity@10"] <= max_popularity_ratio * champion["popularity@10"]``.
 5. **Segments**: in every segment bucket where the champion's report has ``>= min_segment_users`` users, the
    candidate's ``metric`` is at least ``champion * (1 - segment_tolerance)``. Smaller buckets are listed as not
-   judged.
+   judged. When both reports carry per-user ranks (``user_ranks`` and ``user_buckets``, as
+   :func:`~aisys.registry.promotion.report_for_bundle` fills them) and ``segment_alpha > 0``, a bucket below
+   that floor fails only if the shortfall is **significant**: a one-sided paired test over the bucket's users
+   (see :func:`segment_shortfall_p_value`). A bucket of a few hundred users holds a few dozen hits, so a
+   retrained model's NDCG@10 there moves by tens of percent from noise alone; without the test the gate
+   refuses models that help online (measured on the replay, ``docs/loop.md``).
 
 Without a champion, rules 2, 4 and 5 have nothing to compare against: the candidate is promoted when the
 integrity and coverage checks pass, and the reasons say so.
@@ -33,6 +38,7 @@ K = 10
 COVERAGE = f"coverage@{K}"
 POPULARITY = f"popularity@{K}"
 N_USERS = "n_users"
+PER_USER_METRICS = ("ndcg", "hr", "mrr")  # what per_user_metric computes from a rank
 REQUIRED_METRICS = (f"ndcg@{K}", f"hr@{K}", f"mrr@{K}", COVERAGE, POPULARITY, N_USERS)
 
 # Segment metrics: {segment name: {bucket label: {"ndcg@10": ..., "n_users": ...}}}
@@ -53,10 +59,17 @@ class EvalReport:
     segments: SegmentMetrics = field(default_factory=dict)
     nonfinite_weights: list[str] = field(default_factory=list)
     model_version: str | None = None
+    # Per holdout user, in the holdout's order (the same for every report on one holdout_id): the target's
+    # 0-based rank, and each segment's bucket. They let the gate pair users; left out of to_dict (size).
+    user_ranks: list[int] = field(default_factory=list)
+    user_buckets: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (non-finite numbers become strings)."""
-        return jsonable(asdict(self))
+        """JSON-ready form (non-finite numbers become strings); the per-user lists are summarised by count."""
+        data = asdict(self)
+        data.pop("user_buckets")
+        data["user_ranks"] = len(data["user_ranks"])
+        return jsonable(data)
 
 
 @dataclass
@@ -114,6 +127,43 @@ def nonfinite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             bad.append(name)
     return bad
+
+
+def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Each user's ``ndcg@K`` / ``hr@K`` / ``mrr@K`` from the target's 0-based rank (a miss is 0)."""
+    name, _, cutoff = metric.partition("@")
+    k = int(cutoff or K)
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < k
+    if name == "ndcg":
+        return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+    if name == "hr":
+        return hit.astype(np.float64)
+    if name == "mrr":
+        return np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+    raise ValueError(f"gate.metric {metric!r} has no per-user form; use ndcg@K, hr@K or mrr@K")
+
+
+def segment_shortfall_p_value(candidate: np.ndarray, champion: np.ndarray, tolerance: float) -> float:
+    """One-sided p-value that the candidate's mean is below ``(1 - tolerance)`` times the champion's.
+
+    Paired over users: ``x_u = candidate_u - (1 - tolerance) * champion_u``; H0 is ``E[x] >= 0``, and the
+    p-value is ``Phi(mean(x) / se(x))`` (normal approximation: a bucket holds at least ``min_segment_users``).
+    Small means significant. With no spread at all the shortfall is certain (0.0) or absent (1.0).
+    """
+    x = np.asarray(candidate, dtype=np.float64) - (1.0 - tolerance) * np.asarray(champion, dtype=np.float64)
+    mean = float(x.mean()) if x.size else 0.0
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    if se == 0.0:
+        return 0.0 if mean < 0 else 1.0
+    return 0.5 * (1.0 + math.erf(mean / se / math.sqrt(2.0)))
+
+
+def _paired_users(candidate: EvalReport, champion: EvalReport) -> bool:
+    n = len(champion.user_ranks)
+    return n > 0 and len(candidate.user_ranks) == n and all(
+        len(labels) == n for labels in champion.user_buckets.values()
+    )
 
 
 def _is_finite(value: Any) -> bool:
@@ -226,6 +276,12 @@ def _popularity_check(candidate: EvalReport, champion: EvalReport, cfg: GateConf
 
 def _segment_checks(candidate: EvalReport, champion: EvalReport, cfg: GateConfig) -> list[Check]:
     metric = cfg.metric
+    paired = (
+        cfg.segment_alpha > 0 and metric.partition("@")[0] in PER_USER_METRICS and _paired_users(candidate, champion)
+    )
+    if paired:
+        cand_users = per_user_metric(np.asarray(candidate.user_ranks), metric)
+        champ_users = per_user_metric(np.asarray(champion.user_ranks), metric)
     checks = []
     for segment, buckets in sorted(champion.segments.items()):
         for bucket, champ_values in sorted(buckets.items()):
@@ -244,17 +300,21 @@ def _segment_checks(candidate: EvalReport, champion: EvalReport, cfg: GateConfig
                 continue
             cand, champ = float(cand_values[metric]), float(champ_values[metric])
             floor = champ * (1.0 - cfg.segment_tolerance)
-            checks.append(
-                Check(
-                    name,
-                    cand >= floor,
-                    cand,
-                    champ,
-                    floor,
-                    f"{metric} in {segment}={bucket} ({n_users} users) {cand:.4f} vs champion {champ:.4f}; "
-                    f"needs >= {floor:.4f} (tolerance {cfg.segment_tolerance:.0%})",
-                )
+            detail = (
+                f"{metric} in {segment}={bucket} ({n_users} users) {cand:.4f} vs champion {champ:.4f}; "
+                f"needs >= {floor:.4f} (tolerance {cfg.segment_tolerance:.0%})"
             )
+            passed = cand >= floor
+            if not passed and paired and segment in champion.user_buckets:
+                mask = np.asarray(champion.user_buckets[segment], dtype=object) == bucket
+                p_value = segment_shortfall_p_value(cand_users[mask], champ_users[mask], cfg.segment_tolerance)
+                passed = p_value >= cfg.segment_alpha
+                detail += (
+                    f"; below it, {'but not' if passed else 'and'} significantly (paired one-sided "
+                    f"p={p_value:.3f} {'>=' if passed else '<'} segment_alpha {cfg.segment_alpha:g} over "
+                    f"{int(mask.sum())} users)"
+                )
+            checks.append(Check(name, passed, cand, champ, floor, detail))
     return checks
 
 

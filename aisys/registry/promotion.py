@@ -141,10 +141,11 @@ def build_holdout(
 
 def evaluate_on_holdout(
     model: Any, item_ids: Sequence[str], max_seq_len: int, holdout: Holdout, k: int = K, batch_size: int = 256
-) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]]]:
+) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]], np.ndarray]:
     """Full-ranking metrics of ``model`` (vocabulary ``item_ids``, index 0 = padding) on ``holdout``.
 
-    Returns ``(metrics, segments)`` in the gate's shape. Rules as in :mod:`aisys.training.metrics` (history
+    Returns ``(metrics, segments, ranks)``: the first two in the gate's shape, and each holdout user's 0-based
+    target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.training.metrics` (history
     excluded, ties pessimistic) plus: a NaN score ranks last (a NaN never compares, so it would otherwise beat
     the target), and a target outside the model's vocabulary is a miss. Coverage and popularity are measured
     in the snapshot's catalogue, the same yardstick for every model.
@@ -183,7 +184,7 @@ def evaluate_on_holdout(
             mask = labels_arr == bucket
             seg = summarize_ranks(ranks[mask], recommended[mask], n_catalogue, k)
             segments[name][bucket] = {m: seg[m] for m in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}", "n_users")}
-    return metrics, segments
+    return metrics, segments, ranks
 
 
 def report_for_bundle(bundle, holdout: Holdout, version: str | None = None, torch_threads: int = 1) -> EvalReport:
@@ -197,10 +198,11 @@ def report_for_bundle(bundle, holdout: Holdout, version: str | None = None, torc
     torch.set_num_threads(torch_threads)  # more threads on a busy small box is slower (STACK.md)
     try:
         model = build_model(bundle)
-        metrics, segments = evaluate_on_holdout(model, bundle.item_ids, bundle.max_seq_len, holdout)
+        metrics, segments, ranks = evaluate_on_holdout(model, bundle.item_ids, bundle.max_seq_len, holdout)
     finally:
         torch.set_num_threads(before)
-    return EvalReport(metrics, holdout.holdout_id, segments, bad_weights, version)
+    buckets = {name: [str(label) for label in labels] for name, labels in holdout.segments.items()}
+    return EvalReport(metrics, holdout.holdout_id, segments, bad_weights, version, [int(r) for r in ranks], buckets)
 
 
 # --------------------------------------------------------------------------- MLflow adapter

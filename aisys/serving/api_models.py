@@ -167,6 +167,9 @@ class EventAccepted(BaseModel):
     event_id: str
     accepted: Literal[True] = True
     known_item: bool = Field(..., description="False when the model does not know the item (logged, not scored).")
+    replay: bool = Field(
+        False, description="True when this event_id was already applied: the session and the counters ignored it."
+    )
 
 
 class ModelOut(BaseModel):

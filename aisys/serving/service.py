@@ -85,6 +85,7 @@ class ServingCounters:
     fallbacks: Counter = field(default_factory=Counter)  # (arm, reason) -> fallback answers
     cache_hits: Counter = field(default_factory=Counter)  # arm -> answers from the cache
     events: int = 0
+    event_replays: int = 0  # POST /events whose event_id was already applied (a client or HAProxy retry)
     swaps: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -94,6 +95,7 @@ class ServingCounters:
             "fallbacks": {f"{arm}/{reason}": n for (arm, reason), n in self.fallbacks.items()},
             "cache_hits": dict(self.cache_hits),
             "events": self.events,
+            "event_replays": self.event_replays,
             "swaps": self.swaps,
         }
 
@@ -207,10 +209,15 @@ class OnlineService:
         # Log first: if the write fails the request fails, and the session is
         # not ahead of what ingestion will see.
         await asyncio.to_thread(self.event_log.append, event.to_raw_event())
-        await self.store.record(event.user_id, event.event_id, event.item_id, event.event_type)
-        self.counters.events += 1
+        _, applied = await self.store.apply(event.user_id, event.event_id, event.item_id, event.event_type)
         champion = self.models.get(CHAMPION)
         known = champion is not None and champion.recommender.knows(event.item_id)
+        if not applied:
+            # A retry of an event already applied (HAProxy replays POSTs that were in flight on a dead replica):
+            # the session ignored it, and so do the counters, the metrics and the drift monitor.
+            self.counters.event_replays += 1
+            return EventAccepted(event_id=event.event_id, known_item=known, replay=True)
+        self.counters.events += 1
         self.telemetry.event_recorded(event, None if champion is None else champion.recommender)
         if not known:
             logger.info("event for an item the champion does not know (%r): stored, not scored yet", event.item_id)

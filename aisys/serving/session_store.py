@@ -88,17 +88,21 @@ class SessionTable:
         A replay (``event_id`` seen recently for this user) changes nothing and
         returns the session as it is.
         """
+        return self.apply(user_id, event_id, item_id, event_type)[0]
+
+    def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
+        """:meth:`record`, also saying whether the event was applied (False: a replay, nothing changed)."""
         old = self._sessions.get(user_id, EMPTY_SESSION)
         if self.is_replay(user_id, event_id):
             self.replays += 1
-            return old
+            return old, False
         purchased = old.purchased | {item_id} if event_type == PURCHASE_EVENT else old.purchased
         new = UserSession(
             items=(old.items + (item_id,))[-self.max_items :], last_event_id=event_id, purchased=purchased
         )
         self._sessions[user_id] = new
         self._recent[user_id] = (self._recent.get(user_id, ()) + (event_id,))[-self.recent_event_ids :]
-        return new
+        return new, True
 
     def is_replay(self, user_id: str, event_id: str) -> bool:
         """Whether ``event_id`` was already applied to ``user_id``'s session (recently, or as its seed)."""
@@ -144,8 +148,13 @@ class SessionStore(ABC):
         """Sessions of the given users, in order; an empty session for users never seen."""
 
     @abstractmethod
+    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
+        """Apply one event to the user's session: the new session, and False when the event was a replay
+        (its ``event_id`` already applied: nothing changed, so nothing downstream should count it again)."""
+
     async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
         """Apply one event to the user's session and return the new session."""
+        return (await self.apply(user_id, event_id, item_id, event_type))[0]
 
     @abstractmethod
     async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
@@ -173,8 +182,8 @@ class InMemorySessionStore(SessionStore):
     async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
         return self.table.get_many(user_ids)
 
-    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
-        return self.table.record(user_id, event_id, item_id, event_type)
+    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
+        return self.table.apply(user_id, event_id, item_id, event_type)
 
     async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
         return self.table.bulk_load(sessions, snapshot_id)

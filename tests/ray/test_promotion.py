@@ -8,6 +8,7 @@ import json
 import time
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,12 @@ def test_gate_refuses_worse_and_nan_promotes_better_and_rollback_restores(small_
     assert better.promoted, better.decision.reasons
     assert better.candidate.metrics["ndcg@10"] > better.champion.metrics["ndcg@10"]
     assert {"user_activity", "target_popularity"} <= set(better.candidate.segments)
+    # Per-user ranks on one holdout, so the gate can pair users within a segment; they agree with the metrics.
+    n_users = int(better.candidate.metrics["n_users"])
+    assert len(better.candidate.user_ranks) == len(better.champion.user_ranks) == n_users
+    assert set(better.candidate.user_buckets) == set(better.candidate.segments)
+    hits = np.asarray(better.candidate.user_ranks) < 10
+    assert hits.mean() == pytest.approx(better.candidate.metrics["hr@10"])
     judged = [c for c in better.decision.checks if c.name.startswith("segment:") and c.candidate is not None]
     assert judged, "segments with enough users are judged"
     assert decision_of(better)["tags"]["aisys.decision"] == "promote"

@@ -118,7 +118,7 @@ def test_posted_event_is_logged_and_changes_the_next_recommendations(client: Tes
     top = before["items"][0]["item_id"]
     resp = client.post("/events", json=event(item_id=top, event_type="purchase", price=9.5, event_id="e-1"))
     assert resp.status_code == 202
-    assert resp.json() == {"event_id": "e-1", "accepted": True, "known_item": True}
+    assert resp.json() == {"event_id": "e-1", "accepted": True, "known_item": True, "replay": False}
     assert [e["event_id"] for e in log.events] == ["e-1"]
     assert log.events[0]["item_id"] == top and log.events[0]["price"] == 9.5
     after = client.get("/recommendations/alice", params={"k": MAX_K}).json()

@@ -55,6 +55,13 @@ def test_the_event_a_snapshot_seeded_is_not_applied_again():
     assert table.record("u", "new", "c", "view").items == ("a", "b", "c")
 
 
+def test_apply_says_whether_the_event_was_applied():
+    table = SessionTable()
+    assert table.apply("u", "e1", "i1", "view") == (UserSession(items=("i1",), last_event_id="e1"), True)
+    assert table.apply("u", "e1", "i1", "view") == (UserSession(items=("i1",), last_event_id="e1"), False)
+    assert table.apply("u", "e2", "i2", "view")[1] is True
+
+
 def test_the_async_store_dedups_too():
     async def scenario():
         store = InMemorySessionStore()
@@ -73,6 +80,9 @@ def test_a_replayed_post_over_http_appends_once_and_ingest_keeps_one_row():
     answers = [client.post("/events", json=body) for _ in range(2)]
     assert [a.status_code for a in answers] == [202, 202]
     assert {a.json()["event_id"] for a in answers} == {"retry-1"}
+    assert [a.json()["replay"] for a in answers] == [False, True]
+    # Counted once: the counters (and so the metrics and the drift monitor) see one event, and one replay.
+    assert (service.counters.events, service.counters.event_replays) == (1, 1)
     session = asyncio.run(service.store.get("alice"))
     assert session.items == ("i1", "i2", "i3", "i5") and session.last_event_id == "retry-1"
     # The collector logged both attempts; ingestion keeps one row per event_id.
