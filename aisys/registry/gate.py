@@ -14,7 +14,7 @@ words, why the candidate was promoted or refused. The rules (thresholds from :cl
 5. **Segments**: in every segment bucket where the champion's report has ``>= min_segment_users`` users, the
    candidate's ``metric`` is at least ``champion * (1 - segment_tolerance)``. Smaller buckets are listed as not
    judged. When both reports carry per-user ranks (``user_ranks`` and ``user_buckets``, as
-   :func:`~aisys.registry.promotion.report_for_bundle` fills them) and ``segment_alpha > 0``, a bucket below
+   :func:`~aisys.registry.holdout.report_for_bundle` fills them) and ``segment_alpha > 0``, a bucket below
    that floor fails only if the shortfall is **significant**: a one-sided paired test over the bucket's users
    (see :func:`segment_shortfall_p_value`). A bucket of a few hundred users holds a few dozen hits, so a
    retrained model's NDCG@10 there moves by tens of percent from noise alone; without the test the gate

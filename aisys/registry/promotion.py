@@ -4,9 +4,10 @@
 
 1. resolve the candidate (``version``, default the version behind ``cfg.online.challenger_alias``) and the
    current champion (``cfg.registry.champion_alias``; none is fine);
-2. build **one** holdout from a lake snapshot (latest by default): each user's last interaction as target after
-   the rest, i.e. the test part of :func:`~aisys.training.split.leave_last_one_out`, with segments computed from
-   the events (user activity, target-item popularity) plus any ``extra_segments`` (gender, age band, ...);
+2. build **one** holdout from a lake snapshot (latest by default; :mod:`aisys.registry.holdout`): each user's
+   last interaction as target after the rest, i.e. the test part of
+   :func:`~aisys.training.split.leave_last_one_out`, with segments computed from the events (user activity,
+   target-item popularity) plus any ``extra_segments`` (gender, age band, ...);
 3. evaluate both models on it with full ranking in the snapshot's item-id space (each model maps ids through its
    own vocabulary; a target a model does not know is a miss), so the numbers are comparable;
 4. :func:`~aisys.registry.gate.decide`, log the decision as an MLflow run (params, both models' metrics,
@@ -31,178 +32,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
-import pyarrow as pa
 
 from aisys.config import AppConfig
-from aisys.registry.gate import EvalReport, GateDecision, decide, nonfinite_tensors
+from aisys.registry.gate import EvalReport, GateDecision, decide
+from aisys.registry.holdout import Holdout, build_holdout, report_for_bundle
 from aisys.registry.lock import DEFAULT_TIMEOUT_S, file_lock, registry_lock_path
 
-K = 10
-HOLDOUT_KIND = "loo-test"
 HISTORY_TAG = "aisys.champion_history"
 CHAMPION_SINCE_TAG = "aisys.champion_since"
 ROLLED_BACK_TAG = "aisys.rolled_back_at"
 DECISION_TAG = "aisys.decision"
 _HISTORY_KEEP = 50  # keeps the tag value far below MLflow's length limit
-ACTIVITY_BUCKETS = ("light", "medium", "heavy")
-# Target-item popularity buckets: share of catalogue items (ranked by interactions) in each.
-HEAD_SHARE, TORSO_SHARE = 0.10, 0.40
-
-
-# --------------------------------------------------------------------------- pure: holdout and evaluation
-
-
-@dataclass
-class Holdout:
-    """Users, their input histories and held-out targets (external item ids), and their segment buckets."""
-
-    holdout_id: str
-    users: list[str]
-    histories: list[list[str]]
-    targets: list[str]
-    catalogue: list[str]  # the snapshot's items, in vocabulary order (index i + 1)
-    popularity: list[float]  # per catalogue item, event-weighted (cfg.features.event_weights)
-    segments: dict[str, list[str]]  # segment name -> bucket label per user
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def activity_buckets(lengths: Sequence[int]) -> list[str]:
-    """Terciles of history length: ``light`` / ``medium`` / ``heavy`` (ties stay in the lower bucket)."""
-    lengths = np.asarray(lengths, dtype=np.float64)
-    if lengths.size == 0:
-        return []
-    low, high = np.quantile(lengths, [1 / 3, 2 / 3])
-    return [ACTIVITY_BUCKETS[0] if n <= low else ACTIVITY_BUCKETS[1] if n <= high else ACTIVITY_BUCKETS[2]
-            for n in lengths]
-
-
-def popularity_buckets(
-    targets: Sequence[str], histories: Sequence[Sequence[str]], catalogue: Sequence[str]
-) -> list[str]:
-    """Bucket each target by its item's interactions in the holdout's input histories.
-
-    ``head``: the top 10% of catalogue items; ``torso``: the next 40%; ``tail``: the rest (never-seen included).
-    Counting inputs only keeps the targets themselves out of the popularity they are bucketed by.
-    """
-    counts: dict[str, int] = dict.fromkeys(catalogue, 0)
-    for history in histories:
-        for item in history:
-            counts[item] = counts.get(item, 0) + 1
-    ranked = sorted(counts, key=lambda item: (-counts[item], item))
-    n = len(ranked)
-    head_end, torso_end = int(np.ceil(HEAD_SHARE * n)), int(np.ceil((HEAD_SHARE + TORSO_SHARE) * n))
-    rank = {item: r for r, item in enumerate(ranked)}
-    return ["head" if rank.get(t, n) < head_end else "torso" if rank.get(t, n) < torso_end else "tail"
-            for t in targets]
-
-
-def build_holdout(
-    events: pa.Table,
-    snapshot_id: str,
-    event_weights: Mapping[str, float],
-    extra_segments: Mapping[str, Mapping[str, str]] | None = None,
-) -> Holdout:
-    """The leave-last-one-out test holdout of ``events`` (lake snapshot ``snapshot_id``), with segments.
-
-    ``extra_segments`` maps a segment name to ``{user_id: bucket}`` (users missing from it get ``unknown``).
-    """
-    from aisys.features.sequences import build_vocabulary, user_histories
-    from aisys.training.split import leave_last_one_out
-
-    vocab = build_vocabulary(events, dict(event_weights))
-    test = leave_last_one_out(user_histories(events, vocab.item_index())).test
-    if len(test) == 0:
-        raise ValueError(f"snapshot {snapshot_id!r}: no user has the 3 interactions a holdout needs")
-    ids = vocab.item_ids
-    histories = [[ids[i] for i in h] for h in test.histories]
-    targets = [ids[int(i)] for i in test.targets]
-    catalogue = ids[1:]
-    segments = {
-        "user_activity": activity_buckets([len(h) for h in histories]),
-        "target_popularity": popularity_buckets(targets, histories, catalogue),
-    }
-    for name, mapping in (extra_segments or {}).items():
-        segments[name] = [str(mapping.get(user, "unknown")) for user in test.users]
-    return Holdout(
-        holdout_id=f"{snapshot_id}/{HOLDOUT_KIND}",
-        users=list(test.users),
-        histories=histories,
-        targets=targets,
-        catalogue=catalogue,
-        popularity=list(vocab.item_popularity[1:]),
-        segments=segments,
-    )
-
-
-def evaluate_on_holdout(
-    model: Any, item_ids: Sequence[str], max_seq_len: int, holdout: Holdout, k: int = K, batch_size: int = 256
-) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]], np.ndarray]:
-    """Full-ranking metrics of ``model`` (vocabulary ``item_ids``, index 0 = padding) on ``holdout``.
-
-    Returns ``(metrics, segments, ranks)``: the first two in the gate's shape, and each holdout user's 0-based
-    target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.training.metrics` (history
-    excluded, ties pessimistic) plus: a NaN score ranks last (a NaN never compares, so it would otherwise beat
-    the target), and a target outside the model's vocabulary is a miss. Coverage and popularity are measured
-    in the snapshot's catalogue, the same yardstick for every model.
-    """
-    from aisys.features.sequences import recent_window
-    from aisys.training.loop import score_windows
-    from aisys.training.metrics import summarize_ranks, target_ranks, top_k_items
-
-    index = {item: i for i, item in enumerate(item_ids) if i > 0}
-    catalogue_index = {item: i + 1 for i, item in enumerate(holdout.catalogue)}
-    n_catalogue = len(holdout.catalogue)
-    ranks = np.full(len(holdout), n_catalogue, dtype=np.int64)  # default: a miss
-    recommended = np.zeros((len(holdout), k), dtype=np.int64)  # catalogue indices; 0 = none / unknown item
-    for start in range(0, len(holdout), batch_size):
-        rows = slice(start, start + batch_size)
-        hist = [[index[i] for i in h if i in index] for h in holdout.histories[rows]]
-        windows = np.stack([recent_window(h, max_seq_len) for h in hist])
-        scores = np.asarray(score_windows(model, windows), dtype=np.float64)  # (B, V)
-        scores = np.where(np.isnan(scores), -np.inf, scores)
-        targets = np.array([index.get(t, 0) for t in holdout.targets[rows]], dtype=np.int64)
-        known = np.flatnonzero(targets > 0)
-        if known.size:
-            ranks[start + known] = target_ranks(scores[known], targets[known], [hist[i] for i in known])
-        top = top_k_items(scores, k, hist)  # (B, <=k) model indices
-        mapped = np.vectorize(lambda i: catalogue_index.get(item_ids[i], 0), otypes=[np.int64])(top)
-        recommended[start : start + len(hist), : mapped.shape[1]] = mapped
-    popularity = np.asarray([0.0] + list(holdout.popularity))
-    metrics = summarize_ranks(ranks, recommended, n_catalogue, k, popularity)
-    shown = recommended[recommended > 0]
-    metrics[f"coverage@{k}"] = float(np.unique(shown).size / n_catalogue) if n_catalogue else 0.0
-    segments: dict[str, dict[str, dict[str, float]]] = {}
-    for name, labels in holdout.segments.items():
-        labels_arr = np.asarray(labels, dtype=object)
-        segments[name] = {}
-        for bucket in sorted(set(labels)):
-            mask = labels_arr == bucket
-            seg = summarize_ranks(ranks[mask], recommended[mask], n_catalogue, k)
-            segments[name][bucket] = {m: seg[m] for m in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}", "n_users")}
-    return metrics, segments, ranks
-
-
-def report_for_bundle(bundle, holdout: Holdout, version: str | None = None, torch_threads: int = 1) -> EvalReport:
-    """The gate's :class:`EvalReport` of a :class:`~aisys.models.bundle.ModelBundle` on ``holdout``."""
-    import torch
-
-    from aisys.models.sasrec import build_model
-
-    bad_weights = nonfinite_tensors(bundle.state_dict or {})
-    before = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)  # more threads on a busy small box is slower (STACK.md)
-    try:
-        model = build_model(bundle)
-        metrics, segments, ranks = evaluate_on_holdout(model, bundle.item_ids, bundle.max_seq_len, holdout)
-    finally:
-        torch.set_num_threads(before)
-    buckets = {name: [str(label) for label in labels] for name, labels in holdout.segments.items()}
-    return EvalReport(metrics, holdout.holdout_id, segments, bad_weights, version, [int(r) for r in ranks], buckets)
 
 
 # --------------------------------------------------------------------------- MLflow adapter
