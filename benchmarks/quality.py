@@ -16,7 +16,12 @@ as ``benchmarks/results/quality_segments.html`` (plotly, self-contained).
 SASRec uses the ML-100K settings of ``aisys.evaluation.runner.ML100K_PRESET`` (and
 ``ML100K_SPLIT_PRESET[split]``) beneath any ``--set`` override. The sequential model
 ``sasrec+ease+slit+recentpop`` also reports the SASRec inside it as ``sasrec`` (the
-same training, not repeated).
+same training, not repeated). ``sasrec+ctx-blend`` is that blend with its own weights
+for users whose request comes long after their last interaction (runner's
+``_tune_context_blend``); with a fit cache it reuses the same SASRec fits.
+
+    python benchmarks/quality.py --models sasrec+ctx-blend --fit-cache out/fits --keep-from \
+        benchmarks/results/quality.json           # add one model's rows to an earlier run
 
     python benchmarks/quality.py --jobs 4 --fit-cache out/fits   # parallel; SASRec fits kept for re-runs
 """
@@ -46,11 +51,12 @@ from aisys.evaluation.segments import demographics_from_table, segment_metrics
 DETERMINISTIC = {"pop", "itemknn", "ease", "recentpop", "ease-recency", "slit"}
 ORDER = (
     "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease",
-    "sasrec+ease+slit+recentpop",
+    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend",
 )
 # The default run: `sasrec+ease` (the previous blend) is a special case of the recency blend.
 DEFAULT_MODELS = (
     "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease+slit+recentpop",
+    "sasrec+ctx-blend",
 )
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10")
 RESULTS = Path(__file__).resolve().parent / "results"

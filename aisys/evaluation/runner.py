@@ -9,8 +9,11 @@ trains exactly that many epochs (no early stopping on test).
 
 The sequential model ``sasrec+ease+slit+recentpop`` blends SASRec with an EASE
 variant, SLIT and recent popularity; its blend is tuned on valid with the SASRec
-fit on valid's train (:func:`_tune_recency_blend`). Time-aware models get each
-train interaction's timestamp from :func:`task_times`.
+fit on valid's train (:func:`_tune_recency_blend`). ``sasrec+ctx-blend`` is that
+blend with its own weights for users whose request comes long after their last
+interaction ("came back"; :func:`_tune_context_blend`, the gaps from
+:func:`task_request_gaps`). Time-aware models get each train interaction's
+timestamp from :func:`task_times`.
 
 Everything here is plain numpy/torch in this process: Ray Train is the
 production path for the same loop (``benchmarks/train_throughput.py``).
@@ -51,18 +54,27 @@ from aisys.models.baselines import (
     blend_many,
     blend_scores,
     fit_model,
+    standardize_rows,
 )
+from aisys.models.context_blend import ContextBlend, blend_by_bucket, gap_buckets, request_gaps
 from aisys.schemas import TIMESTAMP_TYPE
 
 MODEL_NAMES = (
     "sasrec", "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec+ease",
-    "sasrec+ease+slit+recentpop",
+    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend",
 )
-SEQUENTIAL_MODELS = ("sasrec", "sasrec+ease", "sasrec+ease+slit+recentpop")
+SEQUENTIAL_MODELS = ("sasrec", "sasrec+ease", "sasrec+ease+slit+recentpop", "sasrec+ctx-blend")
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 # sasrec+ease+slit+recentpop: weights of EASE, SLIT and recent popularity relative to SASRec's 1 (tuned on valid).
 RECENCY_BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 SASREC_BLEND_WEIGHTS = (0.75, 0.5, 0.3, 0.2, 0.1)
+# sasrec+ctx-blend: users whose request comes more than one of these gaps (seconds) after their last interaction
+# ("came back") get their own weights; 1 hour, 1 day, 1 week (a coarse grid: ~5-7% of LOO users are past each).
+CONTEXT_GAP_THRESHOLDS = (3_600.0, 86_400.0, 604_800.0)
+CONTEXT_SASREC_WEIGHTS = (1.0, 0.5, 0.25)
+# The "came back" bucket is kept only if it gains this much valid NDCG@10 over one set of weights (943 LOO
+# users, ~60 of them in the bucket: smaller gains are within what tuning on valid finds by chance).
+CONTEXT_MIN_GAIN = 0.002
 # Interaction timestamps are int64 in the event schema's unit (microseconds); models take seconds.
 _TIME_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[TIMESTAMP_TYPE.unit]
 SPLITS = ("loo", "temporal")
@@ -231,12 +243,40 @@ def task_times(data: Interactions, task: EvalTask) -> dict[str, list[int]]:
     return times
 
 
-def score_task(model: Recommender, task: EvalTask, k: int = K) -> tuple[dict[str, float], UserMetrics, np.ndarray]:
-    """Metrics of a fitted model on ``task``, per-user results and its raw (U, n_items + 1) scores."""
+def task_request_gaps(data: Interactions, task: EvalTask) -> np.ndarray:
+    """Per evaluated user of ``task``: seconds from their newest train interaction to their request.
+
+    The request time is that of the user's first interaction after their train
+    prefix (leave-one-out: the target's; temporal: their first after the cut):
+    when serving, a request carries its own time, so this is no look at the target item.
+    """
+    stamps: dict[str, list[int]] = {}
+    for row in time_order(data.timestamps):
+        stamps.setdefault(str(data.users[row]), []).append(int(data.timestamps[row]) // _TIME_UNITS_PER_SECOND)
+    last, now = [], []
+    for user in task.users:
+        n = len(task.train.get(user, []))
+        if n == 0 or n >= len(stamps.get(user, [])):
+            raise ValueError(f"task {task.name!r}: user {user!r} has no train interaction or none after it")
+        last.append(stamps[user][n - 1])
+        now.append(stamps[user][n])
+    return request_gaps(last, now)
+
+
+def score_task(
+    model: Recommender, task: EvalTask, k: int = K, gaps: np.ndarray | None = None
+) -> tuple[dict[str, float], UserMetrics, np.ndarray]:
+    """Metrics of a fitted model on ``task``, per-user results and its raw (U, n_items + 1) scores.
+
+    ``gaps`` (:func:`task_request_gaps`) go to a model that uses the request's context (``uses_context``).
+    """
     if len(task) == 0:
         raise ValueError(f"task {task.name!r} has no user to evaluate")
     histories = task.histories()
-    scores = model.score(task.users, histories)
+    if getattr(model, "uses_context", False):
+        scores = model.score(task.users, histories, gaps=gaps)
+    else:
+        scores = model.score(task.users, histories)
     per_user = user_metrics(scores, task.targets, histories, k)
     return summarize(per_user, task.n_items, k, item_popularity(task)), per_user, scores
 
@@ -266,6 +306,7 @@ def evaluate_model(
     log = log or (lambda message: None)
     valid, test = split_tasks(data, split)
     valid_times, test_times = task_times(data, valid), task_times(data, test)
+    test_gaps = task_request_gaps(data, test) if name == "sasrec+ctx-blend" else None
     trace: dict[int, float] = {}
     tune_seconds = 0.0
     sasrec_valid_metrics: dict[str, float] = {}
@@ -300,6 +341,12 @@ def evaluate_model(
             blend, valid_metrics, blend_seconds = _tune_recency_blend(tuner, valid, valid_times, log)
             tune_seconds += blend_seconds
             chosen.update(blend)
+        elif name == "sasrec+ctx-blend":
+            blend, valid_metrics, blend_seconds = _tune_context_blend(
+                tuner, valid, valid_times, task_request_gaps(data, valid), log
+            )
+            tune_seconds += blend_seconds
+            chosen.update(blend)
         model = _sequential_model(chosen, fit_cache, test.name)
     else:
         best: tuple[float, dict[str, Any], dict[str, float]] | None = None
@@ -316,7 +363,7 @@ def evaluate_model(
     train_seconds = _fit_timed(lambda: fit_model(model, test.train, test.n_items, test_times))
     sasrec_part = model.models[0] if isinstance(model, WeightedBlend) else model
     train_seconds += _cached_seconds(sasrec_part)
-    test_metrics, per_user, scores = score_task(model, test)
+    test_metrics, per_user, scores = score_task(model, test, gaps=test_gaps)
     top = top_items(scores, test.histories(), EXPORT_DEPTH)
     component = None
     if isinstance(model, WeightedBlend):
@@ -325,7 +372,7 @@ def evaluate_model(
         alone_metrics, alone_per_user, alone_scores = score_task(model.models[0], test)
         component = EvaluationResult(
             model="sasrec", split=split, seed=seed,
-            settings={k: v for k, v in chosen.items() if k not in _BLEND_KEYS},
+            settings={k: v for k, v in chosen.items() if k not in (*_BLEND_KEYS, *_CONTEXT_KEYS)},
             valid_metrics=sasrec_valid_metrics, test_metrics=alone_metrics,
             train_seconds=model.fit_seconds[0] + _cached_seconds(sasrec_part), tune_seconds=tune_seconds,
             test_task=test,
@@ -343,6 +390,11 @@ _BLEND_KEYS = (
     "ease_l2", "blend_weight", "ease_input_decay", "ease_half_life_days", "recent_half_life_days", "recent_weight",
     "sasrec_weight", "slit_weight",
 )
+# sasrec+ctx-blend on top: the gap threshold (None: one bucket) and the "came back" bucket's weights.
+_CONTEXT_KEYS = (
+    "ctx_gap_seconds", "ctx_sasrec_weight", "ctx_ease_weight", "ctx_slit_weight", "ctx_recent_half_life_days",
+    "ctx_recent_weight",
+)
 
 
 def _cached_seconds(model: Any) -> float:
@@ -354,9 +406,10 @@ def _sequential_model(
     settings: dict[str, Any], fit_cache: str | Path | None = None, task: str = ""
 ) -> Recommender:
     """SASRec from its settings; blended with EASE when they carry ``ease_l2`` and ``blend_weight``, and
-    also with recent popularity when they carry ``recent_half_life_days`` and ``recent_weight``."""
+    also with recent popularity when they carry ``recent_half_life_days`` and ``recent_weight``; a
+    :class:`ContextBlend` when they carry ``ctx_gap_seconds`` (``sasrec+ctx-blend``)."""
     settings = dict(settings)
-    blend = {key: settings.pop(key) for key in _BLEND_KEYS if key in settings}
+    blend = {key: settings.pop(key) for key in (*_BLEND_KEYS, *_CONTEXT_KEYS) if key in settings}
     sequential = SequentialSettings(**settings)
     sasrec = CachedSASRec(sequential, fit_cache, task) if fit_cache else SASRecRecommender(sequential)
     if not blend:
@@ -369,7 +422,17 @@ def _sequential_model(
         return WeightedBlend([sasrec, ease], [1.0, blend["blend_weight"]])
     recent = RecentPopularity(blend["recent_half_life_days"])
     weights = [blend.get("sasrec_weight", 1.0), blend["blend_weight"], blend["recent_weight"], blend["slit_weight"]]
-    return WeightedBlend([sasrec, ease, recent, SequentialLinear()], weights)
+    if "ctx_gap_seconds" not in blend:
+        return WeightedBlend([sasrec, ease, recent, SequentialLinear()], weights)
+    if blend["ctx_gap_seconds"] is None:  # valid kept one set of weights
+        return ContextBlend([sasrec, ease, recent, SequentialLinear()], [weights])
+    # The "came back" bucket has its own recent popularity (half-life) as a fifth model, at 0 in bucket 0.
+    came_back = [blend["ctx_sasrec_weight"], blend["ctx_ease_weight"], 0.0, blend["ctx_slit_weight"],
+                 blend["ctx_recent_weight"]]
+    return ContextBlend(
+        [sasrec, ease, recent, SequentialLinear(), RecentPopularity(blend["ctx_recent_half_life_days"])],
+        [[*weights, 0.0], came_back], [blend["ctx_gap_seconds"]],
+    )
 
 
 def _tune_blend(
@@ -459,6 +522,103 @@ def _tune_recency_blend(
     }
     log(f"sasrec+ease+slit+recentpop: best blend {chosen} valid {SELECT_METRIC} {score_value:.4f}")
     return chosen, metrics, time.perf_counter() - started
+
+
+def _tune_context_blend(
+    sasrec: SASRecRecommender, valid: EvalTask, times: dict[str, list[int]], gaps: np.ndarray,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, float], float]:
+    """The recency blend (:func:`_tune_recency_blend`) for everyone, then weights for users who came back.
+
+    For each threshold of ``CONTEXT_GAP_THRESHOLDS``, the users whose request gap
+    exceeds it get their own SASRec / EASE / SLIT weights and recent-popularity
+    half-life and weight (a grid on those users only, the EASE variant kept); the
+    others keep the recency blend's weights. The best threshold is kept only if it
+    gains ``CONTEXT_MIN_GAIN`` valid NDCG@10 over the one-bucket blend (else
+    ``ctx_gap_seconds`` is None).
+    """
+    global_blend, global_metrics, seconds = _tune_recency_blend(sasrec, valid, times, log)
+    started = time.perf_counter()
+    histories = valid.histories()
+    popularity = item_popularity(valid)
+    ease = EASE(
+        l2=global_blend["ease_l2"], input_decay=global_blend["ease_input_decay"],
+        half_life_days=global_blend["ease_half_life_days"],
+    )
+    parts = {
+        "sasrec": sasrec.score(valid.users, histories),
+        "ease": fit_model(ease, valid.train, valid.n_items, times).score(valid.users, histories),
+        "slit": SequentialLinear().fit(valid.train, valid.n_items).score(valid.users, histories),
+    }
+    recents = {
+        p["half_life_days"]: fit_model(RecentPopularity(**p), valid.train, valid.n_items, times).score(
+            valid.users, histories
+        )
+        for p in BASELINE_GRIDS["recentpop"]
+    }
+    global_weights = [global_blend["sasrec_weight"], global_blend["blend_weight"], global_blend["slit_weight"],
+                      global_blend["recent_weight"]]
+    global_recent = recents[global_blend["recent_half_life_days"]]
+    models = [parts["sasrec"], parts["ease"], parts["slit"]]
+    global_ndcg = user_metrics(
+        blend_many([*models, global_recent], global_weights), valid.targets, histories, K
+    ).ndcg
+    # Standardised once: a blend of z-scores is then a weighted sum (what blend_many computes).
+    z_models = [standardize_rows(m) for m in models]
+    z_recents = {half_life: standardize_rows(m) for half_life, m in recents.items()}
+    best_gain, best_choice = -np.inf, None
+    for threshold in CONTEXT_GAP_THRESHOLDS:
+        rows = np.nonzero(gaps > threshold)[0]
+        if rows.size == 0:
+            continue
+        sub = [z[rows] for z in z_models]
+        sub_targets, sub_histories = [valid.targets[r] for r in rows], [histories[r] for r in rows]
+        baseline = global_ndcg[rows].sum()
+        seen: set[tuple] = set()
+        for half_life, recent in z_recents.items():
+            sub_recent = recent[rows]
+            for w_sasrec in CONTEXT_SASREC_WEIGHTS:
+                for w_ease in RECENCY_BLEND_WEIGHTS:
+                    for w_slit in RECENCY_BLEND_WEIGHTS:
+                        for w_recent in RECENCY_BLEND_WEIGHTS:
+                            weights = (w_sasrec, w_ease, w_slit, w_recent)
+                            # Proportional weights rank alike, and without recent popularity its
+                            # half-life is moot: score each distinct ranking once (the first wins ties).
+                            scale = max(weights) or 1.0
+                            key = (*(round(w / scale, 9) for w in weights), half_life if w_recent else None)
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            blended = _weighted_sum([*sub, sub_recent], weights)
+                            total = user_metrics(blended, sub_targets, sub_histories, K).ndcg.sum()
+                            gain = (total - baseline) / len(valid)
+                            if gain > best_gain + 1e-12:
+                                best_gain = gain
+                                best_choice = (threshold, w_sasrec, w_ease, w_slit, half_life, w_recent)
+    log(f"sasrec+ctx-blend: best came-back bucket {best_choice} valid gain {best_gain:+.4f}")
+    chosen = {**global_blend, "ctx_gap_seconds": None}
+    metrics = global_metrics
+    if best_choice is not None and best_gain >= CONTEXT_MIN_GAIN:
+        threshold, w_sasrec, w_ease, w_slit, half_life, w_recent = best_choice
+        chosen.update({
+            "ctx_gap_seconds": threshold, "ctx_sasrec_weight": w_sasrec, "ctx_ease_weight": w_ease,
+            "ctx_slit_weight": w_slit, "ctx_recent_half_life_days": half_life, "ctx_recent_weight": w_recent,
+        })
+        buckets = gap_buckets(gaps, [threshold])
+        blended = blend_by_bucket(
+            [*models, global_recent, recents[half_life]],
+            [[*global_weights, 0.0], [w_sasrec, w_ease, w_slit, 0.0, w_recent]], buckets,
+        )
+        metrics = summarize(user_metrics(blended, valid.targets, histories, K), valid.n_items, K, popularity)
+    log(f"sasrec+ctx-blend: chosen {chosen} valid {SELECT_METRIC} {metrics[SELECT_METRIC]:.4f}")
+    return chosen, metrics, seconds + time.perf_counter() - started
+
+
+def _weighted_sum(z_scores: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum_k weights[k] * z_scores[k]`` of already standardised scores; -inf in any input stays -inf."""
+    finite = np.logical_and.reduce([np.isfinite(z) for z in z_scores])
+    total = sum(w * np.where(finite, z, 0.0) for w, z in zip(weights, z_scores))
+    return np.where(finite, total, -np.inf)
 
 
 def top_items(scores: np.ndarray, histories: list[list[int]], depth: int = EXPORT_DEPTH) -> np.ndarray:
