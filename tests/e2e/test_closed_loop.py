@@ -23,6 +23,7 @@ from aisys.monitoring.profile import build_profile
 from aisys.registry.mlflow_registry import get_model_info
 from aisys.serving.app import start_serving, stop_serving
 from tests.e2e.conftest import free_port
+from tests.load import VersionLoad
 from tests.ray.test_retrain import SIM, commit, register_weak_champion
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
@@ -30,47 +31,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 BATCH = 50  # events posted between two looks at the monitor
 MAX_AFTER_EVENTS = 1500  # stop streaming the shifted traffic here even without detection
 EVENT_FIELDS = ("event_id", "user_id", "item_id", "event_type", "category", "price")
-
-
-class Readers:
-    """Clients asking for recommendations at ~``rps`` in total; every (status, model_version) kept in order."""
-
-    def __init__(self, url: str, key: str, users: list[str], rps: float = 15.0, clients: int = 3) -> None:
-        self.url, self.key, self.users, self.period = url, key, users, clients / rps
-        self.results: list[list[tuple[int, str | None]]] = [[] for _ in range(clients)]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
-
-    def _run(self, n: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30, headers={"X-API-Key": self.key}) as client:
-            i = 0
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    resp = client.get(f"/recommendations/{self.users[(n + 3 * i) % len(self.users)]}",
-                                      params={"k": 10})
-                    self.results[n].append((resp.status_code, resp.json().get("model_version")
-                                            if resp.status_code == 200 else resp.text[:200]))
-                except httpx.HTTPError as err:  # a refused or dropped connection is a failed request too
-                    self.results[n].append((0, type(err).__name__))
-                i += 1
-                time.sleep(max(0.0, self.period - (time.perf_counter() - started)))
-
-    def start(self) -> "Readers":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def all(self) -> list[tuple[int, str | None]]:
-        return [r for res in self.results for r in res]
-
-    def latest_versions(self) -> set:
-        return {res[-1][1] for res in self.results if res}
 
 
 def split_at_shift(sim: SimulatorConfig) -> tuple[pa.Table, pa.Table]:
@@ -125,7 +85,8 @@ def test_shift_is_detected_retrained_promoted_and_served_without_failures(ray_se
     loop = threading.Thread(target=controller.run, kwargs={"poll_s": 0.5}, daemon=True)
 
     url = start_serving(cfg)
-    readers = Readers(url, key, sorted(set(before.column("user_id").to_pylist()))[:40])
+    readers = VersionLoad(url, key, sorted(set(before.column("user_id").to_pylist()))[:40], rps=15.0,
+                          clients=3, stride=3)
     try:
         loop.start()
         readers.start()

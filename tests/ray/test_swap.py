@@ -1,6 +1,5 @@
 """Zero-downtime swaps and the canary on a live Serve app: replicas follow the registry's aliases."""
 
-import threading
 import time
 
 import httpx
@@ -10,48 +9,12 @@ from aisys.gateway import ensure_dev_keys
 from aisys.registry.mlflow_registry import set_alias
 from aisys.serving.app import start_serving, stop_serving
 from aisys.serving.canary import arm_for_user
+from tests.load import VersionLoad
 from tests.ray.test_serve import commit_snapshot, free_port, register_untrained, shop_events
 
 pytestmark = pytest.mark.ray
 
 CANARY_SHARE = 0.5
-
-
-class Load:
-    """Closed-loop clients at about ``rps`` requests/s in total, recording (status, version) in order."""
-
-    def __init__(self, url: str, key: str, rps: float = 20.0, clients: int = 4) -> None:
-        self.url, self.key, self.period = url, key, clients / rps
-        self.results: list[list[tuple[int, str | None]]] = [[] for _ in range(clients)]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
-
-    def _run(self, n: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30, headers={"X-API-Key": self.key}) as client:
-            i = 0
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    resp = client.get(f"/recommendations/user{(n + i) % 12}", params={"k": 5})
-                    version = resp.json().get("model_version") if resp.status_code == 200 else None
-                    self.results[n].append((resp.status_code, version))
-                except httpx.HTTPError as err:  # a refused connection is a failed request too
-                    self.results[n].append((0, type(err).__name__))
-                i += 1
-                time.sleep(max(0.0, self.period - (time.perf_counter() - started)))
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def latest_versions(self) -> set:
-        return {res[-1][1] for res in self.results if res}
 
 
 def wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.2) -> None:
@@ -76,7 +39,7 @@ def test_swap_under_load_then_canary_then_rollback(ray_session, small_config):
     try:
         with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": key}) as client:
             # 1. Move the champion alias while ~20 requests/s hit the app.
-            with Load(url, key) as load:
+            with VersionLoad(url, key, [f"user{n}" for n in range(12)], k=5) as load:
                 time.sleep(2.0)
                 set_alias(cfg, "champion", v2)
                 wait_for(lambda: load.latest_versions() == {v2})
