@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timedelta, timezone
-import shutil
-import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -21,6 +17,7 @@ from aisys.data.simulator import drift_midpoint, simulate_events
 from aisys.monitoring.monitor_actor import DriftMonitor, drop_monitor, get_or_create
 from aisys.monitoring.policy import InMemoryAuditLog, ParquetAuditLog
 from aisys.monitoring.profile import build_profile
+from tests.prometheus import PROMETHEUS, prometheus_query, running_prometheus
 
 pytestmark = pytest.mark.ray
 
@@ -141,13 +138,7 @@ def test_monitor_sees_a_shift_exports_gauges_decides_and_reports(ray_session, mo
     assert re.search(r'ray_aisys_retrain_decisions_total\{[^}]*decision="retrain"[^}]*\} 1\.0', body)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus (scripts/install-system-deps.sh)")
+@pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's prometheus (scripts/install-system-deps.sh)")
 def test_a_real_prometheus_scrapes_the_monitor_gauges(ray_session, monitor_config, tmp_path):
     cfg = monitor_config
     sim = SimulatorConfig(**{**SIM, "n_sessions": 600})
@@ -157,33 +148,18 @@ def test_a_real_prometheus_scrapes_the_monitor_gauges(ray_session, monitor_confi
     expected = ray_session.get(monitor.status.remote())["latest_stats"]["price"]["psi"]
 
     metrics_port = ray_session._private.worker.global_worker.node.metrics_export_port
-    web_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        f"scrape_configs: [{{job_name: ray, static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]}}]\n"
-    )
-    server = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--web.listen-address=127.0.0.1:{web_port}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        query = urllib.parse.quote('ray_aisys_drift_statistic{feature="price",statistic="psi"}')
+    with running_prometheus(metrics_port, tmp_path) as web_port:
+        query = 'ray_aisys_drift_statistic{feature="price",statistic="psi"}'
         # One series per worker process: an earlier test's monitor may still be listed until its TTL,
         # so wait for this monitor's value rather than for any series.
         deadline, values = time.monotonic() + 45, []
         while time.monotonic() < deadline and not any(v == pytest.approx(expected) for v in values):
             time.sleep(1)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/v1/query?query={query}", timeout=5) as r:
-                    values = [float(series["value"][1]) for series in json.loads(r.read())["data"]["result"]]
+                values = [float(series["value"][1]) for series in prometheus_query(web_port, query)]
             except OSError:
                 continue  # not listening yet
         assert any(v == pytest.approx(expected) for v in values), f"Prometheus returned {values}, not {expected}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_a_hit_rate_drop_triggers_through_the_monitor_and_the_cooldown_holds_the_next(small_config):

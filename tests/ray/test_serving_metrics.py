@@ -1,12 +1,7 @@
 """The live app's telemetry read back through a real Prometheus: requests, refusals, fallbacks, cache,
 rate limits, the served model, scores, and the drift monitor fed by the replica (no test forwards events)."""
 
-import json
-import shutil
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -29,11 +24,9 @@ from aisys.serving.app import APP_NAME, start_serving, stop_serving
 
 pytestmark = pytest.mark.ray
 
+from tests.prometheus import PROMETHEUS, prometheus_query, running_prometheus  # noqa: E402
 from tests.ray.test_serve import N_ITEMS, free_port, shop_events  # noqa: E402  (shared fixtures data)
 RECS = "/recommendations/{user_id}"
-PROMETHEUS = shutil.which("prometheus")
-
-
 
 
 def register_untrained_champion(cfg: AppConfig) -> str:
@@ -63,12 +56,6 @@ def register_untrained_champion(cfg: AppConfig) -> str:
 
 def ids(body: dict) -> list[str]:
     return [item["item_id"] for item in body["items"]]
-
-
-def prometheus_query(port: int, promql: str) -> list[dict]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(promql)}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())["data"]["result"]
 
 
 def by_labels(result: list[dict], *labels: str) -> dict:
@@ -156,17 +143,6 @@ def test_prometheus_reads_the_live_apps_metrics_and_the_monitor_fed_by_the_repli
         assert feed["sent"] == {"lists": 3, "events": 4} and feed["dropped"] == {} and feed["send_errors"] == 0
 
         metrics_port = ray._private.worker.global_worker.node.metrics_export_port
-        web_port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s}\n"
-            f"scrape_configs: [{{job_name: ray, static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]}}]\n"
-        )
-        server = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{web_port}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
         mine = f'replica="{replica}"'
         expected = {
             f"sum by (route, method, status) (ray_aisys_http_requests_total{{{mine}}})":
@@ -187,7 +163,7 @@ def test_prometheus_reads_the_live_apps_metrics_and_the_monitor_fed_by_the_repli
             "ray_aisys_drift_window_events": 4.0,
         }
         started, got, monitor_got = time.monotonic(), {}, {}
-        try:
+        with running_prometheus(metrics_port, tmp_path) as web_port:
             while time.monotonic() - started < 30:
                 time.sleep(1)
                 try:
@@ -199,9 +175,6 @@ def test_prometheus_reads_the_live_apps_metrics_and_the_monitor_fed_by_the_repli
                 if all(got[q] == want for q, (_, want) in expected.items()) and all(
                         v in monitor_got[q] for q, v in monitor_series.items()):
                     break
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
         print(f"Prometheus had every series {time.monotonic() - started:.1f} s after it started")
         for q, (_, want) in expected.items():
             assert got.get(q) == want, f"{q}: Prometheus returned {got.get(q)}, expected {want}"
