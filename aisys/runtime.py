@@ -190,3 +190,15 @@ def init_ray(cfg: AppConfig, **extra: Any):
             **extra,
         )
     return ray
+
+
+def kill_named_actor(name: str, namespace: str) -> bool:
+    """Kill the named (detached) actor; ``False`` when there is none (Ray must be up)."""
+    import ray
+
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    ray.kill(handle)
+    return True

@@ -342,11 +342,6 @@ def get_or_create(
 
 def drop_monitor(cfg: AppConfig) -> bool:
     """Kill the workspace's monitor actor; ``False`` when there was none."""
-    import ray
+    from aisys.runtime import kill_named_actor
 
-    try:
-        handle = ray.get_actor(monitor_actor_name(cfg), namespace=NAMESPACE)
-    except ValueError:
-        return False
-    ray.kill(handle)
-    return True
+    return kill_named_actor(monitor_actor_name(cfg), NAMESPACE)

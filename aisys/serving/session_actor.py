@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import ray
 
 from aisys.config import AppConfig
+from aisys.runtime import kill_named_actor
 from aisys.serving.session_store import InMemorySessionStore, SessionStore, UserSession
 
 NAMESPACE = "aisys"
@@ -75,9 +76,4 @@ def actor_session_store(cfg: AppConfig) -> ActorSessionStore:
 
 def drop_session_actor(cfg: AppConfig) -> bool:
     """Kill the workspace's session actor; ``False`` when there was none."""
-    try:
-        handle = ray.get_actor(session_actor_name(cfg), namespace=NAMESPACE)
-    except ValueError:
-        return False
-    ray.kill(handle)
-    return True
+    return kill_named_actor(session_actor_name(cfg), NAMESPACE)
