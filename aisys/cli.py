@@ -17,7 +17,7 @@ from aisys.config import AppConfig, ConfigError, load_config
 
 EVALUATE_MODELS = (
     "sasrec", "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec+ease",
-    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend",
+    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend", "sasrec+ctx-blend+title",
 )
 
 

@@ -19,6 +19,8 @@ SASRec uses the ML-100K settings of ``aisys.evaluation.runner.ML100K_PRESET`` (a
 same training, not repeated). ``sasrec+ctx-blend`` is that blend with its own weights
 for users whose request comes long after their last interaction (runner's
 ``_tune_context_blend``); with a fit cache it reuses the same SASRec fits.
+``sasrec+ctx-blend+title`` adds the similarity of the movies' titles to the user's
+recent items (sequels, franchises; runner's ``_tune_title_weights``).
 
     python benchmarks/quality.py --models sasrec+ctx-blend --fit-cache out/fits --keep-from \
         benchmarks/results/quality.json           # add one model's rows to an earlier run
@@ -51,12 +53,12 @@ from aisys.evaluation.segments import demographics_from_table, segment_metrics
 DETERMINISTIC = {"pop", "itemknn", "ease", "recentpop", "ease-recency", "slit"}
 ORDER = (
     "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease",
-    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend",
+    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend", "sasrec+ctx-blend+title",
 )
 # The default run: `sasrec+ease` (the previous blend) is a special case of the recency blend.
 DEFAULT_MODELS = (
     "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease+slit+recentpop",
-    "sasrec+ctx-blend",
+    "sasrec+ctx-blend", "sasrec+ctx-blend+title",
 )
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -209,6 +209,24 @@ def read_item_ids(folder: str | Path) -> list[str]:
     raise FileNotFoundError(f"{folder} holds neither u.item (GroupLens) nor ml-100k.item (RecBole)")
 
 
+def read_item_titles(folder: str | Path) -> dict[str, str]:
+    """Item id -> movie title (the release year's " (1995)" suffix dropped), from ``u.item`` or ``ml-100k.item``."""
+    import re
+
+    folder = Path(folder)
+    grouplens, recbole = folder / "u.item", folder / "ml-100k.item"
+    if grouplens.exists():
+        pairs = [line.split("|")[:2] for line in grouplens.read_text(encoding="latin-1").splitlines() if "|" in line]
+    elif recbole.exists():
+        items = _read_delimited(recbole, "\t", None)
+        ids = _recbole_column(items, "item_id", recbole).cast(pa.string()).to_pylist()
+        pairs = list(zip(ids, _recbole_column(items, "movie_title", recbole).cast(pa.string()).to_pylist()))
+    else:
+        raise FileNotFoundError(f"{folder} holds neither u.item (GroupLens) nor ml-100k.item (RecBole)")
+    # GroupLens titles end in the release year ("Toy Story (1995)"); RecBole's do not.
+    return {item.strip(): re.sub(r"\s*\(\d{4}\)\s*$", "", title or "").strip() for item, title in pairs}
+
+
 def movielens_folder(cfg: MovieLensConfig, cache_dir: str | Path) -> Path:
     """The folder holding the ml-100k files: ``cfg.path`` if set, else the cache (downloading once)."""
     return Path(cfg.path) if cfg.path else ensure_movielens(cache_dir, cfg.recbole_version)

@@ -12,8 +12,10 @@ variant, SLIT and recent popularity; its blend is tuned on valid with the SASRec
 fit on valid's train (:func:`_tune_recency_blend`). ``sasrec+ctx-blend`` is that
 blend with its own weights for users whose request comes long after their last
 interaction ("came back"; :func:`_tune_context_blend`, the gaps from
-:func:`task_request_gaps`). Time-aware models get each train interaction's
-timestamp from :func:`task_times`.
+:func:`task_request_gaps`). ``sasrec+ctx-blend+title`` adds the titles' word
+similarity to the user's recent items (:class:`~aisys.models.item_features.TitleSimilarity`,
+weights per gap bucket: :func:`_tune_title_weights`; titles from :func:`load_item_titles`).
+Time-aware models get each train interaction's timestamp from :func:`task_times`.
 
 Everything here is plain numpy/torch in this process: Ray Train is the
 production path for the same loop (``benchmarks/train_throughput.py``).
@@ -57,13 +59,18 @@ from aisys.models.baselines import (
     standardize_rows,
 )
 from aisys.models.context_blend import ContextBlend, blend_by_bucket, gap_buckets, request_gaps
+from aisys.models.item_features import TitleSimilarity
 from aisys.schemas import TIMESTAMP_TYPE
 
 MODEL_NAMES = (
     "sasrec", "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec+ease",
-    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend",
+    "sasrec+ease+slit+recentpop", "sasrec+ctx-blend", "sasrec+ctx-blend+title",
 )
-SEQUENTIAL_MODELS = ("sasrec", "sasrec+ease", "sasrec+ease+slit+recentpop", "sasrec+ctx-blend")
+SEQUENTIAL_MODELS = (
+    "sasrec", "sasrec+ease", "sasrec+ease+slit+recentpop", "sasrec+ctx-blend", "sasrec+ctx-blend+title",
+)
+# The models that take each request's gap since the user's last interaction.
+CONTEXT_MODELS = ("sasrec+ctx-blend", "sasrec+ctx-blend+title")
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 # sasrec+ease+slit+recentpop: weights of EASE, SLIT and recent popularity relative to SASRec's 1 (tuned on valid).
 RECENCY_BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
@@ -75,6 +82,12 @@ CONTEXT_SASREC_WEIGHTS = (1.0, 0.5, 0.25)
 # The "came back" bucket is kept only if it gains this much valid NDCG@10 over one set of weights (943 LOO
 # users, ~60 of them in the bucket: smaller gains are within what tuning on valid finds by chance).
 CONTEXT_MIN_GAIN = 0.002
+# sasrec+ctx-blend+title: the title similarity's history window and age decay (screened on LOO valid), and the
+# grid of its weight within each gap bucket (the other weights as sasrec+ctx-blend chose them). It is kept only if
+# it gains CONTEXT_MIN_GAIN valid NDCG@10 (else weight 0 everywhere).
+TITLE_WINDOW = 20
+TITLE_DECAY = 0.9
+TITLE_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5)
 # Interaction timestamps are int64 in the event schema's unit (microseconds); models take seconds.
 _TIME_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[TIMESTAMP_TYPE.unit]
 SPLITS = ("loo", "temporal")
@@ -290,7 +303,7 @@ def _fit_timed(fit: Callable[[], Any]) -> float:
 def evaluate_model(
     name: str, data: Interactions, split: str, cfg: AppConfig, seed: int = 0,
     log: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None,
-    fit_cache: str | Path | None = None,
+    fit_cache: str | Path | None = None, item_titles: Sequence[str] | None = None,
 ) -> EvaluationResult:
     """Tune ``name`` on the valid task of ``split``, refit on the test task, score and rank (see module doc).
 
@@ -299,14 +312,19 @@ def evaluate_model(
     with them: how the benchmark repeats a tuned model over seeds. With
     ``fit_cache`` (a folder) SASRec fits are stored there and reused when the
     same settings, seed and data come again (:class:`CachedSASRec`); the times
-    reported are then those of the original fits.
+    reported are then those of the original fits. ``item_titles`` (``item_titles[i]``
+    the title of item index ``i``) feed ``sasrec+ctx-blend+title``; by default they
+    are read from the MovieLens folder of ``cfg`` (:func:`load_item_titles`).
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
     log = log or (lambda message: None)
     valid, test = split_tasks(data, split)
     valid_times, test_times = task_times(data, valid), task_times(data, test)
-    test_gaps = task_request_gaps(data, test) if name == "sasrec+ctx-blend" else None
+    test_gaps = task_request_gaps(data, test) if name in CONTEXT_MODELS else None
+    titles = None
+    if name == "sasrec+ctx-blend+title":
+        titles = list(item_titles) if item_titles is not None else load_item_titles(cfg, data.item_ids)
     trace: dict[int, float] = {}
     tune_seconds = 0.0
     sasrec_valid_metrics: dict[str, float] = {}
@@ -315,7 +333,7 @@ def evaluate_model(
         valid_metrics: dict[str, float] = {}  # not tuned here: the settings come from an earlier run
         if name in SEQUENTIAL_MODELS:
             chosen = {**chosen, "seed": seed}
-            model: Recommender = _sequential_model(chosen, fit_cache, test.name)
+            model: Recommender = _sequential_model(chosen, fit_cache, test.name, titles)
         else:
             model = make_baseline(name, chosen, seed, cfg.train.torch_threads)
     elif name in SEQUENTIAL_MODELS:
@@ -341,13 +359,19 @@ def evaluate_model(
             blend, valid_metrics, blend_seconds = _tune_recency_blend(tuner, valid, valid_times, log)
             tune_seconds += blend_seconds
             chosen.update(blend)
-        elif name == "sasrec+ctx-blend":
-            blend, valid_metrics, blend_seconds = _tune_context_blend(
-                tuner, valid, valid_times, task_request_gaps(data, valid), log
-            )
+        elif name in CONTEXT_MODELS:
+            valid_gaps = task_request_gaps(data, valid)
+            blend, valid_metrics, blend_seconds = _tune_context_blend(tuner, valid, valid_times, valid_gaps, log)
             tune_seconds += blend_seconds
             chosen.update(blend)
-        model = _sequential_model(chosen, fit_cache, test.name)
+            if name == "sasrec+ctx-blend+title":
+                assert titles is not None
+                blend, valid_metrics, blend_seconds = _tune_title_weights(
+                    tuner, blend, titles, valid, valid_times, valid_gaps, log
+                )
+                tune_seconds += blend_seconds
+                chosen.update(blend)
+        model = _sequential_model(chosen, fit_cache, test.name, titles)
     else:
         best: tuple[float, dict[str, Any], dict[str, float]] | None = None
         for point in BASELINE_GRIDS[name]:
@@ -372,7 +396,7 @@ def evaluate_model(
         alone_metrics, alone_per_user, alone_scores = score_task(model.models[0], test)
         component = EvaluationResult(
             model="sasrec", split=split, seed=seed,
-            settings={k: v for k, v in chosen.items() if k not in (*_BLEND_KEYS, *_CONTEXT_KEYS)},
+            settings={k: v for k, v in chosen.items() if k not in (*_BLEND_KEYS, *_CONTEXT_KEYS, *_TITLE_KEYS)},
             valid_metrics=sasrec_valid_metrics, test_metrics=alone_metrics,
             train_seconds=model.fit_seconds[0] + _cached_seconds(sasrec_part), tune_seconds=tune_seconds,
             test_task=test,
@@ -395,6 +419,8 @@ _CONTEXT_KEYS = (
     "ctx_gap_seconds", "ctx_sasrec_weight", "ctx_ease_weight", "ctx_slit_weight", "ctx_recent_half_life_days",
     "ctx_recent_weight",
 )
+# sasrec+ctx-blend+title on top: the title similarity's window, decay and weight in each bucket (ctx_: came back).
+_TITLE_KEYS = ("title_window", "title_decay", "title_weight", "ctx_title_weight")
 
 
 def _cached_seconds(model: Any) -> float:
@@ -403,17 +429,37 @@ def _cached_seconds(model: Any) -> float:
 
 
 def _sequential_model(
-    settings: dict[str, Any], fit_cache: str | Path | None = None, task: str = ""
+    settings: dict[str, Any], fit_cache: str | Path | None = None, task: str = "",
+    titles: Sequence[str] | None = None,
 ) -> Recommender:
     """SASRec from its settings; blended with EASE when they carry ``ease_l2`` and ``blend_weight``, and
     also with recent popularity when they carry ``recent_half_life_days`` and ``recent_weight``; a
-    :class:`ContextBlend` when they carry ``ctx_gap_seconds`` (``sasrec+ctx-blend``)."""
+    :class:`ContextBlend` when they carry ``ctx_gap_seconds`` (``sasrec+ctx-blend``), with a
+    :class:`TitleSimilarity` of ``titles`` as its last model when they carry ``title_weight``."""
     settings = dict(settings)
-    blend = {key: settings.pop(key) for key in (*_BLEND_KEYS, *_CONTEXT_KEYS) if key in settings}
+    blend = {key: settings.pop(key) for key in (*_BLEND_KEYS, *_CONTEXT_KEYS, *_TITLE_KEYS) if key in settings}
     sequential = SequentialSettings(**settings)
     sasrec = CachedSASRec(sequential, fit_cache, task) if fit_cache else SASRecRecommender(sequential)
     if not blend:
         return sasrec
+    return _blend_around(sasrec, blend, titles)
+
+
+def _blend_around(sasrec: Recommender, blend: dict[str, Any], titles: Sequence[str] | None = None) -> Recommender:
+    """The blend that the settings in ``blend`` describe, with ``sasrec`` as its first model (see
+    :func:`_sequential_model`)."""
+    if "title_weight" in blend:
+        if titles is None:
+            raise ValueError("settings with title_weight need the item titles (titles=)")
+        context = _blend_around(sasrec, {k: v for k, v in blend.items() if k not in _TITLE_KEYS})
+        assert isinstance(context, ContextBlend)
+        title = TitleSimilarity(titles, blend["title_window"], blend["title_decay"])
+        title_weights = [blend["title_weight"], blend.get("ctx_title_weight", 0.0)]
+        return ContextBlend(
+            [*context.models, title],
+            [[*weights, title_weights[b]] for b, weights in enumerate(context.bucket_weights)],
+            context.gap_thresholds,
+        )
     ease = EASE(
         l2=blend["ease_l2"], input_decay=blend.get("ease_input_decay", 1.0),
         half_life_days=blend.get("ease_half_life_days"),
@@ -614,6 +660,56 @@ def _tune_context_blend(
     return chosen, metrics, seconds + time.perf_counter() - started
 
 
+def _tune_title_weights(
+    sasrec: SASRecRecommender, context: dict[str, Any], titles: Sequence[str], valid: EvalTask,
+    times: dict[str, list[int]], gaps: np.ndarray, log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, float], float]:
+    """The title similarity's weight in each gap bucket of the blend ``context`` (sasrec+ctx-blend's settings).
+
+    The other weights stay; each bucket's weight is the best of ``TITLE_WEIGHTS`` on
+    its own valid users (a bucket's rows do not depend on the other's weights). Kept
+    only if the buckets together gain ``CONTEXT_MIN_GAIN`` valid NDCG@10 (else 0).
+    """
+    started = time.perf_counter()
+    histories = valid.histories()
+    base = _blend_around(sasrec, context)
+    assert isinstance(base, ContextBlend)
+    # SASRec is already fit on valid's train: fit the others only.
+    for model in base.models[1:]:
+        fit_model(model, valid.train, valid.n_items, times)
+    base_scores = base.score(valid.users, histories, gaps=gaps)
+    title = TitleSimilarity(titles, TITLE_WINDOW, TITLE_DECAY).fit(valid.train, valid.n_items)
+    z_title = standardize_rows(title.score(valid.users, histories))
+    buckets = gap_buckets(gaps, base.gap_thresholds)
+    base_ndcg = user_metrics(base_scores, valid.targets, histories, K).ndcg
+    # A blend is a sum of z-scores: adding the title's z-scores times w is the 5-or-6-model blend.
+    z_title = np.where(np.isfinite(z_title), z_title, 0.0)
+    weights, gain = [0.0, 0.0], 0.0
+    for b in range(len(base.bucket_weights)):
+        rows = np.nonzero(buckets == b)[0]
+        if rows.size == 0:
+            continue
+        sub_targets, sub_histories = [valid.targets[r] for r in rows], [histories[r] for r in rows]
+        best = (base_ndcg[rows].sum(), 0.0)
+        for w in TITLE_WEIGHTS[1:]:
+            total = user_metrics(base_scores[rows] + w * z_title[rows], sub_targets, sub_histories, K).ndcg.sum()
+            if total > best[0] + 1e-12:
+                best = (total, w)
+        weights[b] = best[1]
+        gain += (best[0] - base_ndcg[rows].sum()) / len(valid)
+    log(f"sasrec+ctx-blend+title: title weights per bucket {weights[:len(base.bucket_weights)]} "
+        f"valid gain {gain:+.4f}")
+    if gain < CONTEXT_MIN_GAIN:
+        weights = [0.0, 0.0]
+    chosen = {"title_window": TITLE_WINDOW, "title_decay": TITLE_DECAY, "title_weight": weights[0]}
+    if len(base.bucket_weights) > 1:
+        chosen["ctx_title_weight"] = weights[1]
+    scores = base_scores + z_title * np.asarray(weights)[buckets][:, None]
+    metrics = summarize(user_metrics(scores, valid.targets, histories, K), valid.n_items, K, item_popularity(valid))
+    log(f"sasrec+ctx-blend+title: chosen {chosen} valid {SELECT_METRIC} {metrics[SELECT_METRIC]:.4f}")
+    return chosen, metrics, time.perf_counter() - started
+
+
 def _weighted_sum(z_scores: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """``sum_k weights[k] * z_scores[k]`` of already standardised scores; -inf in any input stays -inf."""
     finite = np.logical_and.reduce([np.isfinite(z) for z in z_scores])
@@ -672,3 +768,15 @@ def load_movielens_interactions(cfg: AppConfig) -> tuple[Interactions, pa.Table]
     ml_cfg = cfg.data.movielens.model_copy(update={"path": str(folder)})
     events = load_movielens(ml_cfg, cfg.paths.cache_dir)
     return interactions_from_events(events, read_item_ids(folder)), read_users(folder)
+
+
+def load_item_titles(cfg: AppConfig, item_ids: Sequence[str]) -> list[str]:
+    """Titles aligned with the item indices: ``[title of item_ids[0] ("" for the padding), ...]``.
+
+    Read from the MovieLens folder of ``cfg`` (``u.item`` or ``ml-100k.item``); an
+    item without a title gets "" (similar to nothing).
+    """
+    from aisys.data.movielens import movielens_folder, read_item_titles
+
+    titles = read_item_titles(movielens_folder(cfg.data.movielens, cfg.paths.cache_dir))
+    return [titles.get(item, "") if item else "" for item in item_ids]
