@@ -8,6 +8,7 @@ import pytest
 from aisys.evaluation.protocol import EvalTask
 from aisys.models.context_blend import ContextBlend
 from aisys.models.item_features import TitleSimilarity, title_similarity, title_tokens
+from tests.unit.test_context_blend import Fixed
 
 # Index 0 is the padding. Three franchises (1-2, 3-4, 5-6); 7-12 share no word with anything.
 TITLES = [
@@ -15,19 +16,6 @@ TITLES = [
     "Casablanca", "Vertigo", "Fargo", "Heat", "Ran", "Psycho",
 ]
 UNRELATED = ["", *(f"Word{chr(97 + i)}" for i in range(12))]
-
-
-class Fixed:
-    """A fitted stand-in for SASRec: the same score row for every user."""
-
-    def __init__(self, row: list[float]) -> None:
-        self.row = np.asarray([-np.inf, *row], dtype=np.float64)
-
-    def fit(self, train, n_items):
-        return self
-
-    def score(self, users, histories):
-        return np.tile(self.row, (len(users), 1))
 
 
 def test_title_tokens_keep_the_words_that_can_name_a_franchise():
