@@ -25,7 +25,8 @@ recent items (sequels, franchises; runner's ``_tune_title_weights``).
     python benchmarks/quality.py --models sasrec+ctx-blend --fit-cache out/fits --keep-from \
         benchmarks/results/quality.json           # add one model's rows to an earlier run
 
-    python benchmarks/quality.py --jobs 4 --fit-cache out/fits   # parallel; SASRec fits kept for re-runs
+    python benchmarks/quality.py --jobs 4     # parallel; SASRec fits kept in benchmarks/results/fits for
+                                              # the other blends of the run and for re-runs (--no-fit-cache)
 """
 
 from __future__ import annotations
@@ -223,14 +224,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes running (split, model[, seed]) units")
     parser.add_argument("--tune-each-seed", action="store_true",
                         help="every seed runs the whole protocol (tunes on valid itself); default: the first tunes")
-    parser.add_argument("--fit-cache", default=None,
-                        help="folder keeping SASRec fits by (settings, seed, data): a re-run reuses them")
+    parser.add_argument("--fit-cache", default=str(RESULTS / "fits"),
+                        help="folder keeping SASRec fits by (settings, seed, data): the sequential models of one run "
+                             "share them and a re-run reuses them (default: benchmarks/results/fits, git-ignored)")
+    parser.add_argument("--no-fit-cache", action="store_true", help="train every SASRec afresh, keep nothing")
     parser.add_argument("--keep-from", type=Path, default=None,
                         help="an earlier quality.json: its (split, model) rows not re-run here are kept")
     args = parser.parse_args()
     overrides = list(args.overrides) + ([f"paths.cache_dir={args.cache_dir}"] if args.cache_dir else [])
     results = run(args.models, args.splits, args.seeds, overrides, _print_log, args.jobs, args.tune_each_seed,
-                  args.fit_cache)
+                  None if args.no_fit_cache else args.fit_cache)
     if args.keep_from:
         results = keep_earlier(results, json.loads(args.keep_from.read_text()), str(args.keep_from))
     args.out.mkdir(parents=True, exist_ok=True)
