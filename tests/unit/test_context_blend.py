@@ -139,19 +139,18 @@ def test_score_task_hands_the_gaps_to_a_context_model_only():
     assert plain["mrr@10"] == 0.75
 
 
-def test_ctx_blend_is_tuned_on_valid_refit_and_exported(tmp_path, monkeypatch):
-    import pyarrow.parquet as pq
-
+def tiny_movielens_for_blends(tmp_path, monkeypatch):
+    """A tiny GroupLens folder, its interactions and a small-SASRec config, with the runner's blend grids made
+    coarse (the tests check the wiring, not the tuning's reach) and every extra bucket kept whatever it gains."""
     from aisys.config import load_config
     from aisys.data.movielens import read_grouplens, read_item_ids
     from aisys.evaluation import runner
     from aisys.evaluation.protocol import interactions_from_events
     from tests.unit.test_evaluate_cli import write_grouplens
 
-    # Coarser grids than ML-100K's: the test checks the wiring, not the tuning's reach.
     monkeypatch.setattr(runner, "RECENCY_BLEND_WEIGHTS", (0.0, 1.0))
     monkeypatch.setattr(runner, "CONTEXT_SASREC_WEIGHTS", (1.0,))
-    monkeypatch.setattr(runner, "CONTEXT_MIN_GAIN", -1.0)  # keep the came-back bucket whatever it gains
+    monkeypatch.setattr(runner, "CONTEXT_MIN_GAIN", -1.0)
     monkeypatch.setattr(runner, "CONTEXT_GAP_THRESHOLDS", (5.0,))  # the tiny data's ratings are 10 s apart
     monkeypatch.setitem(
         runner.BASELINE_GRIDS, "ease-recency", [{"l2": 30.0, "input_decay": 1.0, "half_life_days": None}]
@@ -161,7 +160,17 @@ def test_ctx_blend_is_tuned_on_valid_refit_and_exported(tmp_path, monkeypatch):
     cfg = load_config(None, [
         "features.max_seq_len=8", "model.embedding_dim=8", "model.n_layers=1", "train.epochs=2",
         "train.eval_every=1", "train.batch_size=8", f"paths.workspace={tmp_path / 'ws'}",
+        f"data.movielens.path={folder}",
     ])
+    return folder, data, cfg
+
+
+def test_ctx_blend_is_tuned_on_valid_refit_and_exported(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from aisys.evaluation import runner
+
+    folder, data, cfg = tiny_movielens_for_blends(tmp_path, monkeypatch)
     gaps = runner.task_request_gaps(data, runner.split_tasks(data, "loo")[0])
     result = runner.evaluate_model("sasrec+ctx-blend", data, "loo", cfg, seed=0)
     assert result.settings["ctx_gap_seconds"] == 5.0 and np.any(gaps > 5.0)

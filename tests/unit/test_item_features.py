@@ -8,7 +8,7 @@ import pytest
 from aisys.evaluation.protocol import EvalTask
 from aisys.models.context_blend import ContextBlend
 from aisys.models.item_features import TitleSimilarity, title_similarity, title_tokens
-from tests.unit.test_context_blend import Fixed
+from tests.unit.test_context_blend import Fixed, tiny_movielens_for_blends
 
 # Index 0 is the padding. Three franchises (1-2, 3-4, 5-6); 7-12 share no word with anything.
 TITLES = [
@@ -146,27 +146,9 @@ def test_title_settings_rebuild_the_context_blend_with_the_title_model_last():
 
 
 def test_title_blend_is_tuned_on_valid_refit_and_rebuilt(tmp_path, monkeypatch):
-    from aisys.config import load_config
-    from aisys.data.movielens import read_grouplens, read_item_ids
     from aisys.evaluation import runner
-    from aisys.evaluation.protocol import interactions_from_events
-    from tests.unit.test_evaluate_cli import write_grouplens
 
-    # Coarse grids: the test checks the wiring, not the tuning's reach.
-    monkeypatch.setattr(runner, "RECENCY_BLEND_WEIGHTS", (0.0, 1.0))
-    monkeypatch.setattr(runner, "CONTEXT_SASREC_WEIGHTS", (1.0,))
-    monkeypatch.setattr(runner, "CONTEXT_GAP_THRESHOLDS", (5.0,))
-    monkeypatch.setattr(runner, "CONTEXT_MIN_GAIN", -1.0)  # keep the buckets and the title whatever they gain
-    monkeypatch.setitem(
-        runner.BASELINE_GRIDS, "ease-recency", [{"l2": 30.0, "input_decay": 1.0, "half_life_days": None}]
-    )
-    folder = write_grouplens(tmp_path / "ml")
-    data = interactions_from_events(read_grouplens(folder), read_item_ids(folder))
-    cfg = load_config(None, [
-        "features.max_seq_len=8", "model.embedding_dim=8", "model.n_layers=1", "train.epochs=2",
-        "train.eval_every=1", "train.batch_size=8", f"paths.workspace={tmp_path / 'ws'}",
-        f"data.movielens.path={folder}",
-    ])
+    folder, data, cfg = tiny_movielens_for_blends(tmp_path, monkeypatch)
     result = runner.evaluate_model("sasrec+ctx-blend+title", data, "loo", cfg, seed=0)  # titles from u.item
     assert {"title_window", "title_decay", "title_weight", "ctx_title_weight"} <= set(result.settings)
     assert result.settings["title_window"] == runner.TITLE_WINDOW
