@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from aisys.config import GateConfig
+from aisys.training.metrics import per_user_rank_metrics
 
 K = 10
 COVERAGE = f"coverage@{K}"
@@ -132,16 +133,10 @@ def nonfinite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
 def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     """Each user's ``ndcg@K`` / ``hr@K`` / ``mrr@K`` from the target's 0-based rank (a miss is 0)."""
     name, _, cutoff = metric.partition("@")
+    if name not in PER_USER_METRICS:
+        raise ValueError(f"gate.metric {metric!r} has no per-user form; use ndcg@K, hr@K or mrr@K")
     k = int(cutoff or K)
-    ranks = np.asarray(ranks, dtype=np.float64)
-    hit = ranks < k
-    if name == "ndcg":
-        return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
-    if name == "hr":
-        return hit.astype(np.float64)
-    if name == "mrr":
-        return np.where(hit, 1.0 / (ranks + 1.0), 0.0)
-    raise ValueError(f"gate.metric {metric!r} has no per-user form; use ndcg@K, hr@K or mrr@K")
+    return per_user_rank_metrics(ranks, k)[f"{name}@{k}"]
 
 
 def segment_shortfall_p_value(candidate: np.ndarray, champion: np.ndarray, tolerance: float) -> float:

@@ -74,6 +74,17 @@ def top_k_items(scores: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | N
     return np.argsort(-masked, axis=1, kind="stable")[:, :k]
 
 
+def per_user_rank_metrics(ranks: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """Each user's ``hr@k``, ``ndcg@k`` and ``mrr@k`` from the target's 0-based rank (a miss scores 0)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < k
+    return {
+        f"hr@{k}": hit.astype(np.float64),
+        f"ndcg@{k}": np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0),
+        f"mrr@{k}": np.where(hit, 1.0 / (ranks + 1.0), 0.0),
+    }
+
+
 def summarize_ranks(
     ranks: np.ndarray,
     recommended: np.ndarray,
@@ -89,14 +100,12 @@ def summarize_ranks(
     ``popularity@k`` (mean popularity of recommended items).
     """
     ranks = np.asarray(ranks, dtype=np.int64)
-    hit = ranks < k
-    metrics = {
-        f"hr@{k}": float(hit.mean()) if ranks.size else 0.0,
-        f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean()) if ranks.size else 0.0,
-        f"mrr@{k}": float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean()) if ranks.size else 0.0,
+    metrics = {name: float(values.mean()) if ranks.size else 0.0
+               for name, values in per_user_rank_metrics(ranks, k).items()}
+    metrics.update({
         f"coverage@{k}": float(np.unique(recommended).size / n_items) if recommended.size and n_items else 0.0,
         "n_users": float(ranks.size),
-    }
+    })
     if item_popularity is not None:
         pop = np.asarray(item_popularity, dtype=np.float64)
         metrics[f"popularity@{k}"] = float(pop[recommended].mean()) if recommended.size else 0.0
