@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,54 +67,125 @@ def _live_event(row: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def replay_live_traffic(
-    base_url: str, live: pa.Table, n_requests: int, k: int = 10, api_key: str | None = None
-) -> dict[str, Any]:
-    """Replay live events over HTTP and measure latency, errors, fallbacks and the prequential hit-rate.
+MAX_RETRIES_PER_REQUEST = 8
+LONGEST_RETRY_WAIT_S = 30.0
 
-    ``api_key`` is sent as ``X-API-Key`` (the gateway's admin or a recommend+events key).
+
+class TrafficClient:
+    """Sends the demo's requests, waits out ``429`` answers as ``Retry-After`` asks, and counts every answer.
+
+    A rate-limited answer is the gateway doing its job, not a failure: the client waits the seconds the
+    answer names and asks again (at most ``MAX_RETRIES_PER_REQUEST`` times). Only a final answer that is
+    not a success counts as an error, and the first few are kept so a failed demo can say what failed.
+    ``sleep`` is injectable so tests can drive a fake clock.
+    """
+
+    def __init__(self, client, sleep: Callable[[float], None] = time.sleep, keep_failures: int = 5) -> None:
+        self.client = client
+        self.sleep = sleep
+        self.keep_failures = keep_failures
+        self.status_counts: Counter[str] = Counter()
+        self.retried = 0
+        self.waited_s = 0.0
+        self.errors = 0
+        self.failures: list[str] = []
+
+    def send(self, method: str, path: str, **kwargs):
+        for attempt in range(MAX_RETRIES_PER_REQUEST + 1):
+            resp = self.client.request(method, path, **kwargs)
+            self.status_counts[str(resp.status_code)] += 1
+            if resp.status_code != 429 or attempt == MAX_RETRIES_PER_REQUEST:
+                break
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            self.retried += 1
+            self.waited_s += wait
+            self.sleep(wait)
+        if not resp.is_success:
+            self.errors += 1
+            if len(self.failures) < self.keep_failures:
+                self.failures.append(f"{method} {path} -> {resp.status_code} {resp.text[:200]}")
+        return resp
+
+
+def retry_after_seconds(header: str | None) -> float:
+    """The wait a ``Retry-After`` header asks for (delta-seconds), bounded; 1 s when absent or unreadable."""
+    try:
+        wait = float(header) if header is not None else 1.0
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.0), LONGEST_RETRY_WAIT_S)
+
+
+def replay_live_traffic(
+    base_url: str,
+    live: pa.Table,
+    n_requests: int,
+    k: int = 10,
+    api_key: str | None = None,
+    client=None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Replay live events over HTTP and measure latency, answers by status, fallbacks and the prequential hit-rate.
+
+    ``api_key`` is sent as ``X-API-Key`` (the gateway's admin or a recommend+events key). ``client`` is an
+    ``httpx.Client``-like object to send through instead of a new one on ``base_url`` (tests pass an ASGI client).
+    Latency is measured per answered request, waits for ``Retry-After`` excluded.
     """
     import httpx
 
     latencies: list[float] = []
-    counts = {"errors": 0, "fallbacks": 0}
+    fallbacks = 0
 
-    def recommend(client: httpx.Client, user_id: str) -> dict[str, Any] | None:
+    def recommend(traffic: TrafficClient, user_id: str) -> dict[str, Any] | None:
+        nonlocal fallbacks
         started = time.perf_counter()
-        resp = client.get(f"/recommendations/{user_id}", params={"k": k})
-        latencies.append(time.perf_counter() - started)
+        before = traffic.waited_s
+        resp = traffic.send("GET", f"/recommendations/{user_id}", params={"k": k})
+        latencies.append(max(time.perf_counter() - started - (traffic.waited_s - before), 0.0))
         if not resp.is_success:
-            counts["errors"] += 1
             return None
         body = resp.json()
-        counts["fallbacks"] += bool(body.get("fallback"))
+        fallbacks += bool(body.get("fallback"))
         return body
 
-    hits = scored = sent_events = 0
+    hits = scored = sent_events = accepted_events = 0
     rows = live.to_pylist()
     headers = {"X-API-Key": api_key} if api_key else {}
-    with httpx.Client(base_url=base_url, timeout=30.0, headers=headers) as client:
+    own_client = client is None
+    http = httpx.Client(base_url=base_url, timeout=30.0, headers=headers) if own_client else client
+    if not own_client:
+        http.headers.update(headers)
+    traffic = TrafficClient(http, sleep=sleep)
+    try:
         for row in rows:
-            body = recommend(client, row["user_id"])
+            body = recommend(traffic, row["user_id"])
             if body is not None:
                 scored += 1
                 hits += row["item_id"] in {it["item_id"] for it in body["items"]}
-            counts["errors"] += not client.post("/events", json=_live_event(row)).is_success
+            accepted_events += traffic.send("POST", "/events", json=_live_event(row)).is_success
             sent_events += 1
         # Requests beyond the replay: known users again, and every fifth an unknown visitor (the fallback path).
         users = [r["user_id"] for r in rows] or ["u0"]
         for i in range(n_requests):
-            recommend(client, users[i % len(users)] if i % 5 else f"new-visitor-{i}")
-        model = client.get("/model").json()
-        health = client.get("/healthz").json()
+            recommend(traffic, users[i % len(users)] if i % 5 else f"new-visitor-{i}")
+        model_resp = traffic.send("GET", "/model")
+        health_resp = traffic.send("GET", "/healthz")
+    finally:
+        if own_client:
+            http.close()
     return {
         "requests": len(latencies),
         "events_posted": sent_events,
-        "errors": counts["errors"],
-        "fallback_responses": counts["fallbacks"],
+        "events_accepted": accepted_events,
+        "errors": traffic.errors,
+        "failures": traffic.failures,
+        "answers_by_status": dict(sorted(traffic.status_counts.items())),
+        "rate_limited_retries": traffic.retried,
+        "rate_limited_wait_s": round(traffic.waited_s, 1),
+        "fallback_responses": fallbacks,
         "online_hr@10": hits / scored if scored else float("nan"),
-        "model": model,
-        "health": health,
+        "model": model_resp.json() if model_resp.is_success else {},
+        "health": health_resp.json() if health_resp.is_success else {},
         **latency_percentiles(latencies),
     }
 
@@ -197,7 +270,8 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
 
     c = manifest.counts
     summary: dict[str, Any] = {
-        "ok": traffic["errors"] == 0,
+        "ok": not demo_problems(traffic),
+        "problems": demo_problems(traffic),
         "source": cfg.data.source,
         "raw_rows": raw.rows,
         "injected_bad_rows": raw.bad_rows,
@@ -219,6 +293,24 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
     return summary
 
 
+def demo_problems(traffic: dict[str, Any]) -> list[str]:
+    """What went wrong in the live traffic, one line each; empty when the demo succeeded.
+
+    Rate-limited answers that a retry then got through are expected (the gateway protecting itself) and
+    are not problems; a request that still failed is.
+    """
+    problems = []
+    if traffic["errors"]:
+        by_status = ", ".join(f"{n} x {code}" for code, n in traffic["answers_by_status"].items() if not code.startswith("2"))
+        problems.append(f"{traffic['errors']} requests failed after retries (answers: {by_status})")
+        problems.extend(f"  e.g. {line}" for line in traffic["failures"])
+    if traffic["events_accepted"] != traffic["events_posted"]:
+        problems.append(f"{traffic['events_posted'] - traffic['events_accepted']} of {traffic['events_posted']} events were not accepted")
+    if traffic.get("health", {}).get("status") != "ok":
+        problems.append(f"/healthz did not answer ok: {traffic.get('health')}")
+    return problems
+
+
 def print_summary(s: dict[str, Any], console) -> None:
     """Print the demo summary as one table."""
     from rich.table import Table
@@ -236,8 +328,15 @@ def print_summary(s: dict[str, Any], console) -> None:
     table.add_row("offline NDCG@10 model vs popularity", f"{m.get('ndcg@10', float('nan')):.4f} vs {p.get('ndcg@10', float('nan')):.4f}")
     table.add_row("model", f"{s['model_name']} v{s['model_version']} (champion)")
     table.add_row("requests / events posted / errors", f"{srv['requests']} / {srv['events_posted']} / {srv['errors']}")
+    answers = ", ".join(f"{code}: {n}" for code, n in srv["answers_by_status"].items())
+    table.add_row("answers by status", answers)
+    table.add_row("rate-limited, retried after Retry-After", f"{srv['rate_limited_retries']} ({srv['rate_limited_wait_s']} s waited)")
     table.add_row("latency p50 / p99", f"{srv['p50_ms']:.1f} ms / {srv['p99_ms']:.1f} ms")
     table.add_row("online HR@10 on live replay", f"{srv['online_hr@10']:.3f}")
     table.add_row("fallback responses", str(srv["fallback_responses"]))
     table.add_row("wall time", f"{s['wall_s']} s")
     console.print(table)
+    if s["problems"]:
+        console.print("[red]the demo failed:[/]")
+        for line in s["problems"]:
+            console.print(f"[red]{line}[/]")
