@@ -126,7 +126,7 @@ def commit_snapshot(cfg, table: pa.Table, source: str) -> str:
     from aisys.data.lake import COUNT_KEYS, Lake, Manifest, new_snapshot_id
     from aisys.schemas import schema_hash
 
-    lake = Lake(cfg.paths.lake_uri)
+    lake = Lake.from_config(cfg.paths)
     snapshot_id = new_snapshot_id()
     files = lake.write_event_files(table, snapshot_id)
     counts = dict.fromkeys(COUNT_KEYS, 0) | {k: table.num_rows for k in ("input", "clean", "written", "total_rows")}

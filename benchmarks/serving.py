@@ -139,7 +139,7 @@ def prepare(cfg: AppConfig, n_users: int, n_items: int) -> tuple[str, str]:
     from aisys.schemas import schema_hash
 
     events = synthetic_events(n_users, n_items, cfg.features.max_seq_len)
-    lake = Lake(cfg.paths.lake_uri)
+    lake = Lake.from_config(cfg.paths)
     snapshot_id = new_snapshot_id()
     files = lake.write_event_files(events, snapshot_id)
     counts = dict.fromkeys(COUNT_KEYS, 0) | {"input": events.num_rows, "clean": events.num_rows,

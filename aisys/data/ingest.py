@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from aisys.config import AppConfig
 from aisys.data.lake import Lake, Manifest, new_snapshot_id
+from aisys.data.lake_commit import commit_with_rebase
 from aisys.data.validate import ValidationRules, validate_events
 from aisys.runtime import init_ray
 from aisys.schemas import EVENT_COLUMNS, EVENT_SCHEMA, QUARANTINE_SCHEMA, schema_hash
@@ -460,8 +461,8 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
         quarantine_files=quarantine_files,
         partitions=partitions,
     )
-    lake.commit(manifest)
-    return manifest
+    # Another ingest may have committed since `parent` was read: rebase onto it rather than hide its rows.
+    return commit_with_rebase(lake, manifest)
 
 
 def _micros(timestamps: pa.ChunkedArray) -> np.ndarray:

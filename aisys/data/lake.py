@@ -15,6 +15,7 @@ files that no manifest lists, never a visible partial snapshot.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,26 @@ def lake_filesystem(uri: str, s3_endpoint_url: str | None = None,
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
+def filesystem_for(uri: str, paths: "PathsConfig | None" = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of any location in the lake's store (a report, a profile, the audit log).
+
+    The one way every reader and writer opens a lake location: with ``paths``' S3 endpoint and region,
+    so an S3-compatible store (MinIO, moto) is reached there and not on AWS.
+    """
+    if paths is None:
+        return lake_filesystem(uri)
+    return lake_filesystem(uri, paths.s3_endpoint_url, paths.s3_region)
+
+
+class ConcurrentCommitError(RuntimeError):
+    """Another writer committed on top of this manifest's parent first: rebase and commit again."""
+
+    def __init__(self, parent_id: str | None, latest_id: str | None) -> None:
+        super().__init__(f"snapshot parent {parent_id} is no longer the latest (now {latest_id}): rebase and retry")
+        self.parent_id = parent_id
+        self.latest_id = latest_id
+
+
 class Lake:
     """A versioned events table under ``uri`` (a local path, ``file://`` or ``s3://`` URI).
 
@@ -166,21 +187,85 @@ class Lake:
         return [(self._rel(path), table.num_rows)]
 
     def commit(self, manifest: Manifest) -> None:
-        """Make ``manifest`` visible atomically.
+        """Make ``manifest`` visible atomically, but only if its parent is still the latest snapshot.
 
-        Locally: write a hidden temp file, then rename (atomic on POSIX). On object
-        stores a single PUT is already all-or-nothing, so it is written in place.
+        The commit point is claiming the parent: ``_manifests/_children/{parent}.json`` is created
+        exclusively (a hard link of the written manifest, which fails if the name exists), so of two
+        writers that started from the same parent exactly one wins; the other gets
+        :class:`ConcurrentCommitError` and must rebase (``aisys.data.lake_commit``). The claim holds the
+        whole manifest, so a writer killed between the claim and the publish is rolled forward by the
+        next commit, never left half-visible. On object stores, which have no exclusive create in
+        pyarrow, the parent check is a read before the write (single writer advised; see docs/data.md).
         """
         missing = [key for key in COUNT_KEYS if key not in manifest.counts]
         if missing:
             raise ValueError(f"manifest {manifest.snapshot_id}: counts lack {missing}")
-        final = f"{self._manifest_dir()}/{manifest.snapshot_id}.json"
+        final = self._manifest_path(manifest.snapshot_id)
         if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
             raise FileExistsError(f"snapshot {manifest.snapshot_id} already committed in {self.uri}")
-        self.fs.create_dir(self._manifest_dir(), recursive=True)
-        target = f"{self._manifest_dir()}/.{manifest.snapshot_id}.json.tmp" if self._local else final
+        self.fs.create_dir(f"{self._manifest_dir()}/_children", recursive=True)
+        self._roll_forward_claims()
+        latest = self.latest()
+        latest_id = latest.snapshot_id if latest else None
+        if latest_id != manifest.parent_id:
+            raise ConcurrentCommitError(manifest.parent_id, latest_id)
+        body = manifest.to_json().encode()
+        claim = self._claim_path(manifest.parent_id)
+        if self._local:
+            temp = f"{self._manifest_dir()}/.{manifest.snapshot_id}.json.tmp"
+            with self.fs.open_output_stream(temp) as out:
+                out.write(body)
+            try:
+                os.link(temp, claim)  # atomic, and fails if another writer claimed this parent first
+            except FileExistsError:
+                self.fs.delete_file(temp)
+                raise ConcurrentCommitError(manifest.parent_id, self._claimed_by(manifest.parent_id)) from None
+            self.fs.move(temp, final)  # rename: atomic on POSIX
+        else:
+            if self.fs.get_file_info(claim).type != pafs.FileType.NotFound:
+                raise ConcurrentCommitError(manifest.parent_id, self._claimed_by(manifest.parent_id))
+            for target in (claim, final):  # one PUT each is all-or-nothing on an object store
+                with self.fs.open_output_stream(target) as out:
+                    out.write(body)
+
+    def _manifest_path(self, snapshot_id: str) -> str:
+        return f"{self._manifest_dir()}/{snapshot_id}.json"
+
+    def _claim_path(self, parent_id: str | None) -> str:
+        return f"{self._manifest_dir()}/_children/{parent_id or '_root'}.json"
+
+    def _claimed_by(self, parent_id: str | None) -> str | None:
+        try:
+            return self._read_manifest(self._claim_path(parent_id)).snapshot_id
+        except (FileNotFoundError, OSError):
+            return None
+
+    def _roll_forward_claims(self) -> None:
+        """Publish a claimed manifest whose writer died before publishing it (the claim is complete).
+
+        Only the latest snapshot's claim can be unpublished (a later commit would have had to claim
+        the unpublished one), so this reads one claim per commit, not one per snapshot.
+        """
+        while True:
+            latest = self.latest()
+            claim = self._claim_path(latest.snapshot_id if latest else None)
+            if self.fs.get_file_info(claim).type == pafs.FileType.NotFound:
+                return
+            claimed = self._read_manifest(claim)
+            final = self._manifest_path(claimed.snapshot_id)
+            if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
+                return
+            self._publish(self._read_bytes(claim), final)
+
+    def _read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    def _publish(self, body: bytes, final: str) -> None:
+        """Write ``final`` all-or-nothing: a hidden temp file and a rename locally, one PUT on object stores."""
+        target = f"{final.rsplit('/', 1)[0]}/.{final.rsplit('/', 1)[1]}.tmp" if self._local else final
         with self.fs.open_output_stream(target) as out:
-            out.write(manifest.to_json().encode())
+            out.write(body)
         if self._local:
             self.fs.move(target, final)
 

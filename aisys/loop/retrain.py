@@ -212,7 +212,7 @@ def _hand_over_reference(
         n_bins=cfg.monitor.profile_bins,
         activity_window_events=cfg.monitor.window_events,
     )
-    path = write_profile(cfg.paths.lake_uri, profile)
+    path = write_profile(cfg.paths.lake_uri, profile, cfg.paths)
     handle = find_monitor(cfg) if isinstance(monitor, str) and monitor == "auto" else monitor
     if handle is None:
         return path, False

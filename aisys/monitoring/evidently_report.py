@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 if TYPE_CHECKING:
-    from aisys.config import AppConfig
+    from aisys.config import AppConfig, PathsConfig
     from aisys.monitoring.profile import ReferenceProfile
 
 NUMERICAL_COLUMNS: tuple[str, ...] = ("price",)
@@ -127,17 +127,17 @@ def write_drift_report(
     now: datetime | None = None,
     numerical: Sequence[str] = NUMERICAL_COLUMNS,
     categorical: Sequence[str] = CATEGORICAL_COLUMNS,
+    paths: "PathsConfig | None" = None,
 ) -> DriftReport:
-    """Run the report and store its HTML in the lake (local path or ``s3://``); return where and what drifted."""
-    import pyarrow.fs as pafs
+    """Run the report and store its HTML in the lake (local path or ``s3://``, reached with ``paths``' S3
+    settings); return where and what drifted."""
+    from aisys.data.lake import filesystem_for
 
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     snapshot, drifted, columns = run_drift_report(reference, current, numerical, categorical)
     location = report_location(lake_uri, now)
-    if "://" in location:
-        fs, path = pafs.FileSystem.from_uri(location)
-    else:
-        fs, path = pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())
+    fs, path = filesystem_for(location, paths)
+    if "://" not in location:
         location = path
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with tempfile.TemporaryDirectory() as tmp:

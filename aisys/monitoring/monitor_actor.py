@@ -85,7 +85,7 @@ class DriftMonitor:
         self.mcfg = cfg.monitor
         self.clock = clock or _utcnow
         self.link_reports_to_mlflow = link_reports_to_mlflow
-        self.policy = RetrainPolicy(self.mcfg, audit if audit is not None else ParquetAuditLog(cfg.paths.lake_uri))
+        self.policy = RetrainPolicy(self.mcfg, audit if audit is not None else ParquetAuditLog(cfg.paths.lake_uri, cfg.paths))
         self.hit_rates = HitRateTracker(
             self.mcfg.hit_rate_horizon_events,
             baseline_lists=self.mcfg.hit_rate_min_lists,
@@ -263,7 +263,8 @@ class DriftMonitor:
                 return None
             started = time.perf_counter()
             report = write_drift_report(
-                self.cfg.paths.lake_uri, report_frame(reference, self.profile), report_frame(window, self.profile), now
+                self.cfg.paths.lake_uri, report_frame(reference, self.profile), report_frame(window, self.profile), now,
+                paths=self.cfg.paths,
             )
             entry = {**report.to_dict(), "reason": reason, "seconds": round(time.perf_counter() - started, 3)}
         except Exception as err:  # a report is a side view: it must never take the monitor down

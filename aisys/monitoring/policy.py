@@ -32,7 +32,7 @@ from typing import Any, Literal, Mapping, Protocol, Sequence
 import pandas as pd
 import pyarrow as pa
 
-from aisys.config import MonitorConfig
+from aisys.config import MonitorConfig, PathsConfig
 
 DAY = timedelta(days=1)
 Outcome = Literal["retrain", "blocked", "none"]
@@ -286,15 +286,12 @@ class ParquetAuditLog:
     the row being written.
     """
 
-    def __init__(self, lake_uri: str):
-        import pyarrow.fs as pafs
-        from pathlib import Path
+    def __init__(self, lake_uri: str, paths: "PathsConfig | None" = None):
+        from aisys.data.lake import filesystem_for
 
         self.uri = f"{lake_uri.rstrip('/')}/monitoring/retrain_audit"
-        if "://" in lake_uri:
-            self.fs, root = pafs.FileSystem.from_uri(lake_uri)
-        else:
-            self.fs, root = pafs.LocalFileSystem(), str(Path(lake_uri).expanduser().absolute())
+        # With paths' S3 endpoint and region: the audit log lives in the lake's store, wherever that is.
+        self.fs, root = filesystem_for(lake_uri, paths)
         self.folder = f"{root.rstrip('/')}/monitoring/retrain_audit"
 
     def append(self, record: Mapping[str, Any]) -> None:

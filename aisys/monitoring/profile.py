@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from aisys.data.lake import Lake, filesystem_for
 from aisys.monitoring.drift import (
     EPSILON,
     binned_counts,
@@ -37,7 +38,7 @@ from aisys.monitoring.drift import (
 )
 
 if TYPE_CHECKING:
-    from aisys.config import AppConfig
+    from aisys.config import AppConfig, PathsConfig
 
 PROFILE_FORMAT_VERSION = 1
 UNSEEN = "unseen"
@@ -277,9 +278,7 @@ _PROFILE_COLUMNS = ["user_id", "item_id", "category", "price", "event_type", "ti
 def read_reference_events(cfg: "AppConfig", snapshot_id: str | None = None, window_days: int | None = None) -> pd.DataFrame:
     """The training table of ``snapshot_id`` (latest if None) as pandas, limited to its last
     ``window_days`` days (default ``cfg.monitor.train_window_days``), in time order."""
-    from aisys.data.lake import Lake
-
-    table = Lake(cfg.paths.lake_uri).read_events(snapshot_id, columns=_PROFILE_COLUMNS)
+    table = Lake.from_config(cfg.paths).read_events(snapshot_id, columns=_PROFILE_COLUMNS)
     frame = table.to_pandas()
     window_days = cfg.monitor.train_window_days if window_days is None else window_days
     if window_days and len(frame):
@@ -294,10 +293,8 @@ def profile_from_lake(
     scores: Sequence[float] | None = None,
 ) -> ReferenceProfile:
     """Profile a lake snapshot (latest if None) with the monitor's settings."""
-    from aisys.data.lake import Lake
-
     if snapshot_id is None:
-        latest = Lake(cfg.paths.lake_uri).latest()
+        latest = Lake.from_config(cfg.paths).latest()
         if latest is None:
             raise LookupError(f"the lake at {cfg.paths.lake_uri} has no snapshot to profile: ingest first")
         snapshot_id = latest.snapshot_id
@@ -317,29 +314,20 @@ def profile_path(lake_uri: str, snapshot_id: str) -> str:
     return f"{lake_uri.rstrip('/')}/monitoring/profiles/{snapshot_id}.json"
 
 
-def write_profile(lake_uri: str, profile: ReferenceProfile) -> str:
-    """Store ``profile`` under the lake (local path or URI); returns its location."""
+def write_profile(lake_uri: str, profile: ReferenceProfile, paths: "PathsConfig | None" = None) -> str:
+    """Store ``profile`` under the lake (local path or URI, reached with ``paths``' S3 settings); returns its location."""
     if not profile.snapshot_id:
         raise ValueError("a profile needs a snapshot_id to be stored in the lake")
     location = profile_path(lake_uri, profile.snapshot_id)
-    fs, path = _filesystem(location)
+    fs, path = filesystem_for(location, paths)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as out:
         out.write(profile.to_json().encode())
     return location
 
 
-def read_profile(location: str) -> ReferenceProfile:
-    """Load a profile written by :func:`write_profile` (local path or URI)."""
-    fs, path = _filesystem(location)
+def read_profile(location: str, paths: "PathsConfig | None" = None) -> ReferenceProfile:
+    """Load a profile written by :func:`write_profile` (local path or URI, reached with ``paths``' S3 settings)."""
+    fs, path = filesystem_for(location, paths)
     with fs.open_input_stream(path) as stream:
         return ReferenceProfile.from_json(stream.read().decode())
-
-
-def _filesystem(location: str):
-    import pyarrow.fs as pafs
-    from pathlib import Path
-
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(Path(location).expanduser().absolute())

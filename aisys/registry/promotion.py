@@ -299,7 +299,7 @@ class _Evaluation:
         from aisys.data.lake import Lake
         from aisys.registry.mlflow_registry import load_bundle
 
-        lake = Lake(cfg.paths.lake_uri)
+        lake = Lake.from_config(cfg.paths)
         manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()
         if manifest is None:
             raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot to build a holdout from")

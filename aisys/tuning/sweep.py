@@ -156,7 +156,7 @@ def run_sweep(cfg: AppConfig, snapshot_id: str | None = None, *, verbose: int = 
     """Sweep on a lake snapshot (latest by default) and register the best trial as ``challenger``."""
     from aisys.data.lake import Lake
 
-    lake = Lake(cfg.paths.lake_uri)
+    lake = Lake.from_config(cfg.paths)
     manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()
     if manifest is None:
         raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot yet: run `aisys ingest` first")
