@@ -25,15 +25,37 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def immediate_rules(source: Path, folder: Path) -> Path:
+    """A copy of the alert rules ``source`` with every ``for:`` removed, so an alert fires on the first
+    evaluation instead of after minutes; everything else (expressions, thresholds, labels) is the shipped rule."""
+    import yaml
+
+    rules = yaml.safe_load(Path(source).read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    target = Path(folder) / "alerts-immediate.yml"
+    target.write_text(yaml.safe_dump(rules))
+    return target
+
+
+def prometheus_alerts(port: int) -> list[dict]:
+    """The alerts Prometheus holds now (``/api/v1/alerts``), each with ``labels`` and ``state``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5) as response:
+        return json.loads(response.read())["data"]["alerts"]
+
+
 @contextmanager
-def running_prometheus(metrics_port: int, folder: Path) -> Iterator[int]:
-    """A Prometheus scraping ``127.0.0.1:metrics_port`` (config and TSDB under ``folder``); yields its web port."""
+def running_prometheus(metrics_port: int, folder: Path, rule_files: tuple[Path, ...] = ()) -> Iterator[int]:
+    """A Prometheus scraping ``127.0.0.1:metrics_port`` (config and TSDB under ``folder``), evaluating
+    ``rule_files`` every second; yields its web port."""
     if PROMETHEUS is None:
         raise RuntimeError("prometheus is not installed: run scripts/install-system-deps.sh")
     web_port = _free_port()
     config = Path(folder) / "prometheus.yml"
     config.write_text(
-        "global: {scrape_interval: 1s}\n"
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: {json.dumps([str(p) for p in rule_files])}\n"
         f"scrape_configs: [{{job_name: ray, static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]}}]\n"
     )
     server = subprocess.Popen(

@@ -68,6 +68,14 @@ def new_snapshot_id(now: datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(3)}"
 
 
+def snapshot_time(snapshot_id: str | None) -> datetime | None:
+    """When a snapshot was taken, read from its id (None for ids that are not :func:`new_snapshot_id`'s)."""
+    try:
+        return datetime.strptime(str(snapshot_id).split("-", 1)[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
 def add_event_date(table: pa.Table) -> pa.Table:
     """Append the ``event_date`` partition column (UTC ``YYYY-MM-DD``)."""
     # The lake's timestamps are UTC, so the date cast is the UTC date; it is ~5x faster than strftime.

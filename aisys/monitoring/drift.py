@@ -142,6 +142,21 @@ def binned_counts(cuts: Sequence[float], values: Iterable[float]) -> np.ndarray:
     return counts
 
 
+def column_psi(reference: Iterable, current: Iterable, numerical: bool, n_bins: int = 10,
+               epsilon: float = EPSILON) -> float:
+    """PSI of one column's raw values, bucketed as the monitor buckets its features.
+
+    Numerical: the reference's quantile cuts (:func:`quantile_cuts`, ``n_bins``) with open outer bins;
+    categorical: the reference's categories plus ``__other__``. The drift report runs this same function
+    (as Evidently's ``aisys_psi`` test), so its verdicts and the retrain trigger's agree.
+    """
+    if numerical:
+        cuts = quantile_cuts(reference, n_bins)
+        return psi(binned_counts(cuts, reference), binned_counts(cuts, current), epsilon)
+    names, _ = reference_buckets(category_shares(reference))
+    return psi(categorical_counts(names, reference), categorical_counts(names, current), epsilon)
+
+
 def _finite(values: Iterable[float]) -> np.ndarray:
     x = np.asarray(values if isinstance(values, (np.ndarray, pd.Series)) else list(values), dtype=np.float64)
     return x[np.isfinite(x)]

@@ -86,13 +86,41 @@ def _usable_columns(reference: pd.DataFrame, current: pd.DataFrame, wanted: Sequ
             and reference[c].notna().any() and current[c].notna().any()]
 
 
+AISYS_PSI = "aisys_psi"
+DEFAULT_PSI_THRESHOLD = 0.2  # MonitorConfig.psi_threshold's default
+
+
+def register_aisys_psi() -> str:
+    """Register the monitor's own PSI (:func:`aisys.monitoring.drift.column_psi`) as an Evidently stat test.
+
+    Evidently's built-in ``psi`` bins differently (30 bins over both samples) and defaults to 0.1, so its
+    verdicts disagreed with the retrain trigger's; with this test the report shows the trigger's statistic
+    and threshold. Idempotent; returns the test's name.
+    """
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    from aisys.monitoring.drift import column_psi
+
+    def aisys_psi(reference: pd.Series, current: pd.Series, feature_type, threshold: float) -> tuple[float, bool]:
+        value = column_psi(reference, current, numerical=feature_type == ColumnType.Numerical)
+        return value, value > threshold  # strictly above, as the trigger counts it
+
+    register_stattest(StatTest(name=AISYS_PSI, display_name="PSI (aisys monitor: reference quantile bins)",
+                               allowed_feature_types=[ColumnType.Categorical, ColumnType.Numerical],
+                               default_threshold=DEFAULT_PSI_THRESHOLD), aisys_psi)
+    return AISYS_PSI
+
+
 def run_drift_report(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     numerical: Sequence[str] = NUMERICAL_COLUMNS,
     categorical: Sequence[str] = CATEGORICAL_COLUMNS,
+    psi_threshold: float = DEFAULT_PSI_THRESHOLD,
 ):
-    """Run ``DataDriftPreset`` with tests; returns ``(snapshot, drifted columns, compared columns)``."""
+    """Run ``DataDriftPreset`` with the monitor's PSI and threshold (a column drifts when its PSI >
+    ``psi_threshold``, as in the trigger); returns ``(snapshot, drifted columns, compared columns)``."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -107,7 +135,8 @@ def run_drift_report(
             f"reference has {list(reference.columns)}, current has {list(current.columns)}"
         )
     definition = DataDefinition(numerical_columns=num, categorical_columns=cat)
-    snapshot = Report([DataDriftPreset()], include_tests=True).run(
+    preset = DataDriftPreset(method=register_aisys_psi(), threshold=psi_threshold)
+    snapshot = Report([preset], include_tests=True).run(
         current_data=Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
         reference_data=Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
     )
@@ -128,13 +157,14 @@ def write_drift_report(
     numerical: Sequence[str] = NUMERICAL_COLUMNS,
     categorical: Sequence[str] = CATEGORICAL_COLUMNS,
     paths: "PathsConfig | None" = None,
+    psi_threshold: float = DEFAULT_PSI_THRESHOLD,
 ) -> DriftReport:
     """Run the report and store its HTML in the lake (local path or ``s3://``, reached with ``paths``' S3
     settings); return where and what drifted."""
     from aisys.data.lake import filesystem_for
 
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    snapshot, drifted, columns = run_drift_report(reference, current, numerical, categorical)
+    snapshot, drifted, columns = run_drift_report(reference, current, numerical, categorical, psi_threshold)
     location = report_location(lake_uri, now)
     fs, path = filesystem_for(location, paths)
     if "://" not in location:

@@ -72,6 +72,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("aisys_model_info", "gauge",
                "1 for each model version a replica serves, with its canary arm (champion, challenger).",
                ("model_name", "model_version", "arm")),
+    MetricSpec("aisys_model_data_timestamp_seconds", "gauge",
+               "Unix time of the lake snapshot a served model version was trained on (its data's age).",
+               ("model_name", "model_version", "arm")),
+    MetricSpec("aisys_rate_limiter_degraded_total", "counter",
+               "Requests decided by a replica's local bucket because the shared rate limiter was unreachable.",
+               ()),
     MetricSpec("aisys_canary_share", "gauge", "Share of users routed to the challenger arm.", ()),
     MetricSpec("aisys_recommendation_score", "histogram",
                "Served recommendation scores, through the logistic function (0..1).",
@@ -271,6 +277,17 @@ def set_model_info(model_name: str, model_version: str, arm: str, serving: bool 
     """Mark ``model_version`` as served (1) or no longer served (0) on ``arm`` by this process."""
     tags = {"model_name": model_name, "model_version": str(model_version), "arm": arm}
     metrics_sink().set("aisys_model_info", 1.0 if serving else 0.0, tags)
+
+
+def set_model_data_time(model_name: str, model_version: str, arm: str, unix_seconds: float) -> None:
+    """Publish when the data a served model version was trained on was snapshotted (the stale-model alert)."""
+    tags = {"model_name": model_name, "model_version": str(model_version), "arm": arm}
+    metrics_sink().set("aisys_model_data_timestamp_seconds", float(unix_seconds), tags)
+
+
+def record_rate_limiter_degraded() -> None:
+    """Count one request limited locally because the shared limiter did not answer in time."""
+    metrics_sink().inc("aisys_rate_limiter_degraded_total", 1.0, {})
 
 
 def set_canary_share(share: float) -> None:

@@ -264,7 +264,7 @@ class DriftMonitor:
             started = time.perf_counter()
             report = write_drift_report(
                 self.cfg.paths.lake_uri, report_frame(reference, self.profile), report_frame(window, self.profile), now,
-                paths=self.cfg.paths,
+                paths=self.cfg.paths, psi_threshold=self.mcfg.psi_threshold,
             )
             entry = {**report.to_dict(), "reason": reason, "seconds": round(time.perf_counter() - started, 3)}
         except Exception as err:  # a report is a side view: it must never take the monitor down

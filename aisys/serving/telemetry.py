@@ -37,6 +37,7 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Protocol
 
+from aisys.data.lake import snapshot_time
 from aisys.monitoring import metrics
 
 if TYPE_CHECKING:
@@ -445,6 +446,9 @@ class ServingTelemetry:
             metrics.set_model_info(self._name(old), _version(old_version), arm, serving=False)
         if new is not None:
             metrics.set_model_info(self._name(new), _version(new_version), arm, serving=True)
+            taken = snapshot_time(getattr(getattr(new, "info", None), "snapshot_id", None))
+            if taken is not None:
+                metrics.set_model_data_time(self._name(new), _version(new_version), arm, taken.timestamp())
 
     def _name(self, served: Any) -> str:
         info = getattr(served, "info", None)

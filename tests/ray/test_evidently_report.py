@@ -104,3 +104,22 @@ def test_report_is_linked_from_an_mlflow_run_and_a_model_version(small_config, t
     assert linked["model_version"] == f"models:/{name}/{version}"
     with pytest.raises(ValueError, match="run_id or a model_version"):
         log_report_to_mlflow(small_config, report.path)
+
+
+def test_the_report_judges_drift_with_the_triggers_psi_and_threshold(tmp_path):
+    """Each column's verdict in the report is the monitor's own PSI (reference quantile bins / categories)
+    against the trigger's threshold: the report and the retrain trigger cannot disagree."""
+    from aisys.monitoring.drift import column_psi
+    from aisys.monitoring.evidently_report import NUMERICAL_COLUMNS
+
+    _, reference, current = reference_and_window(price_change=0.6, new_items=40)
+    psis = {c: column_psi(reference[c], current[c], numerical=c in NUMERICAL_COLUMNS)
+            for c in ("price", "category", "event_type", "item_popularity")}
+    threshold = sorted(psis.values())[1] + 1e-9  # two columns above, two below: both verdicts are exercised
+    report = write_drift_report(str(tmp_path / "lake"), reference, current, psi_threshold=threshold)
+    assert set(report.drifted_columns) == {c for c, v in psis.items() if v > threshold}
+    assert len(report.drifted_columns) == 2
+    # The HTML names the test and shows the statistic the trigger uses.
+    assert "aisys monitor" in (tmp_path / "lake" / "reports" / "drift" / report.path.rsplit("/", 1)[1]).read_text()
+    none = write_drift_report(str(tmp_path / "lake"), reference, current, psi_threshold=max(psis.values()) + 1)
+    assert none.drifted_columns == []

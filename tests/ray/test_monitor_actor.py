@@ -17,7 +17,7 @@ from aisys.data.simulator import drift_midpoint, simulate_events
 from aisys.monitoring.monitor_actor import DriftMonitor, drop_monitor, get_or_create
 from aisys.monitoring.policy import InMemoryAuditLog, ParquetAuditLog
 from aisys.monitoring.profile import build_profile
-from tests.prometheus import PROMETHEUS, prometheus_query, running_prometheus
+from tests.prometheus import PROMETHEUS, immediate_rules, prometheus_alerts, prometheus_query, running_prometheus
 
 pytestmark = pytest.mark.ray
 
@@ -147,8 +147,10 @@ def test_a_real_prometheus_scrapes_the_monitor_gauges(ray_session, monitor_confi
     ray_session.get(monitor.observe_events.remote(rows(events.iloc[1500 : 1500 + EVERY])))
     expected = ray_session.get(monitor.status.remote())["latest_stats"]["price"]["psi"]
 
+    assert expected > cfg.monitor.psi_threshold  # the price shift is drift: the shipped alert must fire on it
     metrics_port = ray_session._private.worker.global_worker.node.metrics_export_port
-    with running_prometheus(metrics_port, tmp_path) as web_port:
+    rules = immediate_rules(Path(__file__).resolve().parents[2] / "monitoring" / "alerts.yml", tmp_path)
+    with running_prometheus(metrics_port, tmp_path, rule_files=(rules,)) as web_port:
         query = 'ray_aisys_drift_statistic{feature="price",statistic="psi"}'
         # One series per worker process: an earlier test's monitor may still be listed until its TTL,
         # so wait for this monitor's value rather than for any series.
@@ -160,6 +162,13 @@ def test_a_real_prometheus_scrapes_the_monitor_gauges(ray_session, monitor_confi
             except OSError:
                 continue  # not listening yet
         assert any(v == pytest.approx(expected) for v in values), f"Prometheus returned {values}, not {expected}"
+        # The shipped AisysDataDrift rule (its `for:` dropped) fires on the monitor's price PSI.
+        deadline, firing = time.monotonic() + 20, []
+        while time.monotonic() < deadline and not firing:
+            firing = [a for a in prometheus_alerts(web_port) if a["labels"]["alertname"] == "AisysDataDrift"
+                      and a["labels"].get("feature") == "price" and a["state"] == "firing"]
+            time.sleep(0.5)
+        assert firing, f"AisysDataDrift did not fire: {prometheus_alerts(web_port)}"
 
 
 def test_a_hit_rate_drop_triggers_through_the_monitor_and_the_cooldown_holds_the_next(small_config):
