@@ -218,10 +218,18 @@ class ServeConfig(_Section):
     access_log: bool = Field(True, description="Serve's per-request access log lines.")
     mlflow_ui_url: str | None = Field(None, description="Link to the MLflow UI shown in the operator view.")
     ray_dashboard_url: str | None = Field(None, description="Link to the Ray dashboard shown in the operator view.")
+    grafana_url: str | None = Field(None, description="Link to Grafana (serving dashboards) shown in the operator view.")
     autoscaling: bool = Field(False, description="Autoscale replicas (min/max_replicas) instead of num_replicas.")
     min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
     max_replicas: int = Field(2, ge=1, description="Autoscaling: most replicas.")
     target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica to aim for.")
+    require_recorded_promotion: bool = Field(
+        False,
+        description="Serve a champion only if the gate's promotion history (registered-model tag "
+        "aisys.champion_history, written by `aisys promote`/make_champion) holds its version: a hand-moved alias is "
+        "refused (at start the replica fails; when followed, the current model keeps serving). Off by default "
+        "because `aisys train` sets the first champion directly; turn it on once promotions go through the gate.",
+    )
     ingress: Literal["proxy", "direct", "haproxy"] = Field(
         "proxy",
         description="HTTP ingress of a Ray that init_ray starts: 'proxy' (Serve's Python proxy), 'direct' (replicas "
@@ -273,6 +281,32 @@ class GatewayConfig(_Section):
         description="Serve FastAPI's /docs, /redoc and /openapi.json (open pages): on for local development, "
         "off on a cluster (serve_configs/cluster.yaml), where they are not mounted (404).",
     )
+    session_secret_file: str | None = Field(
+        None,
+        description="File of the HMAC secret that signs shopper session tokens (0600, created on first use); "
+        "default: 'session-secret' beside keys_file. Never an API key; deleting it ends every session.",
+    )
+    shopper_session_ttl_s: float = Field(
+        3600.0, gt=0, le=30 * 86400, description="Lifetime of a shopper session token (seconds)."
+    )
+    shopper_rate_limit_per_s: float = Field(5.0, gt=0, description="Refill rate of each shopper session's bucket.")
+    shopper_rate_limit_burst: int = Field(20, ge=1, description="Bucket size of each shopper session.")
+    address_rate_limit_per_s: float = Field(
+        20.0, gt=0,
+        description="Refill rate of each client address's bucket, taken by every shopper request from that address "
+        "(all its sessions together; a shop behind one NAT shares it, so keep it well above one shopper's).",
+    )
+    address_rate_limit_burst: int = Field(60, ge=1, description="Bucket size of each client address.")
+    session_mint_rate_per_s: float = Field(
+        0.2, gt=0, description="Refill rate of POST /shop/session per client address (new anonymous sessions)."
+    )
+    session_mint_burst: int = Field(10, ge=1, description="Bucket size of POST /shop/session per client address.")
+    client_address_header: str | None = Field(
+        None,
+        description="Header holding the caller's address when a trusted load balancer sits in front "
+        "(e.g. 'X-Forwarded-For': its LAST entry is used, the one the balancer appended). Unset: the TCP peer. "
+        "Set it only behind such a balancer: otherwise a client could claim any address.",
+    )
 
     @model_validator(mode="after")
     def _origins_are_origins(self) -> "GatewayConfig":
@@ -306,6 +340,11 @@ class OnlineConfig(_Section):
     challenger_alias: str = "challenger"
     max_history: int = Field(
         200, ge=1, description="Recent items kept per user in the session store (the model sees the last max_seq_len)."
+    )
+    max_sessions: int = Field(
+        200_000, ge=1,
+        description="Users kept in the session store; beyond it the least recently used user's session is evicted "
+        "(their next request falls back to the snapshot-free cold start). Bounds the store's memory.",
     )
     stock_file: str | None = Field(
         None, description="JSON file of out-of-stock items shared by replicas; default <workspace>/online/stock.json."

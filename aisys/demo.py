@@ -124,12 +124,14 @@ def replay_live_traffic(
     api_key: str | None = None,
     client=None,
     sleep: Callable[[float], None] = time.sleep,
+    on_request: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Replay live events over HTTP and measure latency, answers by status, fallbacks and the prequential hit-rate.
 
     ``api_key`` is sent as ``X-API-Key`` (the gateway's admin or a recommend+events key). ``client`` is an
     ``httpx.Client``-like object to send through instead of a new one on ``base_url`` (tests pass an ASGI client).
-    Latency is measured per answered request, waits for ``Retry-After`` excluded.
+    Latency is measured per answered request, waits for ``Retry-After`` excluded. ``on_request(done, total)`` is
+    told after each request (a progress bar).
     """
     import httpx
 
@@ -156,6 +158,8 @@ def replay_live_traffic(
     if not own_client:
         http.headers.update(headers)
     traffic = TrafficClient(http, sleep=sleep)
+    total = 2 * live.num_rows + n_requests + 2
+    tick = on_request or (lambda done, total: None)
     try:
         for row in rows:
             body = recommend(traffic, row["user_id"])
@@ -164,12 +168,15 @@ def replay_live_traffic(
                 hits += row["item_id"] in {it["item_id"] for it in body["items"]}
             accepted_events += traffic.send("POST", "/events", json=_live_event(row)).is_success
             sent_events += 1
+            tick(2 * sent_events, total)
         # Requests beyond the replay: known users again, and every fifth an unknown visitor (the fallback path).
         users = [r["user_id"] for r in rows] or ["u0"]
         for i in range(n_requests):
             recommend(traffic, users[i % len(users)] if i % 5 else f"new-visitor-{i}")
+            tick(2 * sent_events + i + 1, total)
         model_resp = traffic.send("GET", "/model")
         health_resp = traffic.send("GET", "/healthz")
+        tick(total, total)
     finally:
         if own_client:
             http.close()
@@ -259,8 +266,12 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     try:
-        with console.status(f"5/5 live traffic: {live.num_rows} events + requests over HTTP ..."):
-            traffic = replay_live_traffic(base_url, live, cfg.demo.n_requests, api_key=api_key)
+        from aisys.cli.progress import StageProgress
+
+        console.print(f"5/5 live traffic over HTTP: {live.num_rows} events, each after a recommendation request")
+        with StageProgress(console, "aisys demo", "request", None) as bar:
+            traffic = replay_live_traffic(base_url, live, cfg.demo.n_requests, api_key=api_key,
+                                          on_request=lambda done, total: bar.update(done, total=total))
         step("live traffic", t0)
     finally:
         stop_serving(cfg)

@@ -8,6 +8,7 @@ entrypoints stay a few lines long and behave the same on a laptop and under
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
@@ -41,6 +42,11 @@ def generate_raw_events(
     from aisys.data.raw_files import write_raw_events
 
     events = source_events(cfg) if table is None else table
+    if table is None:
+        # The shop's product table (names, brands, prices) goes beside the lake's snapshots.
+        from aisys.data.products import publish_source_products
+
+        publish_source_products(cfg)
     path = Path(out) if out else raw_events_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".") or cfg.data.raw_format
@@ -49,18 +55,43 @@ def generate_raw_events(
     )
 
 
-def ingest(cfg: AppConfig, paths: list[str], source: str | None = None):
-    """Ingest raw event files into a new lake snapshot (starts Ray if needed)."""
+def ingest(
+    cfg: AppConfig,
+    paths: list[str],
+    source: str | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+):
+    """Ingest raw event files into a new lake snapshot (starts Ray if needed).
+
+    ``on_progress(phase, done, total)`` follows the phases (:func:`aisys.data.ingest.ingest_files`).
+    """
     from aisys.data.ingest import ingest_files
     from aisys.runtime import init_ray
 
     init_ray(cfg)
-    return ingest_files(cfg, paths, source=source)
+    return ingest_files(cfg, paths, source=source, on_progress=on_progress)
 
 
-def train_from_lake(cfg: AppConfig, snapshot_id: str | None = None):
-    """Read a lake snapshot (latest by default), train on Ray Train, register the model."""
+def train_from_lake(
+    cfg: AppConfig,
+    snapshot_id: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+):
+    """Read a lake snapshot (latest by default), train on Ray Train, register the model, then gate it.
+
+    The new version is registered without an alias and handed to the promotion gate
+    (:func:`aisys.registry.promotion.promote`) against the current champion on the same snapshot's
+    holdout: with no champion yet it is promoted when its guardrails pass (the first model of a workspace);
+    otherwise it becomes champion only if it beats the champion. A refused version stays registered. The
+    returned :class:`~aisys.training.pipeline.TrainOutcome` carries the verdict in ``promotion`` (and
+    ``promoted``); the version is tagged with the decision run (``aisys.gate_run_id``, ``aisys.gate_decision``).
+    ``on_epoch``/``on_step`` follow the run (``on_step`` also gets ``gate``).
+    """
     from aisys.data.lake import Lake
+    from aisys.loop.retrain import GATE_DECISION_TAG, GATE_RUN_TAG
+    from aisys.registry.mlflow_registry import tag_version
+    from aisys.registry.promotion import promote
     from aisys.runtime import init_ray
     from aisys.training.pipeline import train_and_register
 
@@ -70,4 +101,12 @@ def train_from_lake(cfg: AppConfig, snapshot_id: str | None = None):
         raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot yet: run `aisys ingest` first")
     events = lake.read_events(manifest.snapshot_id)
     init_ray(cfg)
-    return train_and_register(cfg, events, manifest.snapshot_id)
+    outcome = train_and_register(cfg, events, manifest.snapshot_id, promote=False, on_epoch=on_epoch,
+                                 on_step=on_step)
+    if on_step is not None:
+        on_step("gate")
+    outcome.promotion = promote(cfg, version=outcome.model_version, snapshot_id=manifest.snapshot_id)
+    decision = "promote" if outcome.promotion.promoted else "refuse"
+    tag_version(cfg, outcome.model_version, {GATE_RUN_TAG: outcome.promotion.run_id, GATE_DECISION_TAG: decision},
+                [outcome.run_id])
+    return outcome

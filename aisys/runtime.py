@@ -128,6 +128,77 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+# What the `aisys` command quiets unless -v/--verbose (docs/operations.md, "Console output"). MLflow reads its
+# variables when it is imported, so they are set before any verb imports it.
+CONSOLE_QUIET_ENV = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the "Downloading artifacts" bars of every model load
+    "MLFLOW_LOGGING_LEVEL": "ERROR",  # "Creating initial MLflow database tables", CloudPickle warnings
+}
+# Library loggers held at WARNING in the driver (Ray's own ray.init(logging_level=...) covers `ray`).
+QUIET_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.serve", "filelock", "urllib3", "alembic", "sqlalchemy")
+# Warnings that tell a library's user (us) something, not an operator: MLflow's type-hint and input-example
+# advice on every log_model, and Ray's deprecation notes. -v shows them.
+QUIET_WARNING_MODULES = r"(mlflow|ray)(\..*)?$"
+QUIET_WARNING_TEXT = r".*(Add type hints to the `predict` method|An input example was not provided)"
+
+
+def quiet_console(verbose: bool = False) -> None:
+    """Quiet Ray's and MLflow's console chatter in this process (the CLI calls it first; ``verbose`` keeps it).
+
+    Only process-level settings: environment variables that MLflow reads at import, logger levels and warning
+    filters. Worker logs are kept from the driver by ``init_ray(cfg, log_to_driver=False)``, Ray Data's by
+    :func:`quiet_ray_data` and MLflow's direct prints by :func:`quiet_mlflow`.
+    """
+    import warnings
+
+    quiet_environment()
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    for key, value in CONSOLE_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=QUIET_WARNING_MODULES)
+    # MLflow attributes its log_model advice to the caller's module (stacklevel), so match it by text too.
+    warnings.filterwarnings("ignore", message=QUIET_WARNING_TEXT, category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's console: no INFO lines (execution plans, "Progress will be logged") and no bars of its own.
+
+    Ray Data configures the ``ray.data`` logger when it is imported; its file handler (the session's
+    ``ray-data.log``) keeps everything.
+    """
+    import ray.data
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Data warns once that its bars are off; taking that "once" here keeps the warning away (the CLI draws
+    # its own progress for ingest).
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")
+
+
+def quiet_mlflow() -> None:
+    """Silence MLflow's direct prints ("Successfully registered model ...", "Created version ...") and warnings.
+
+    Plain ``disable_logging()`` does not last: MLflow re-enables its stream when one of its own internal
+    "quiet" sections ends. Its counted switch (``MlflowEventsAndWarningsBehaviorGlobally``) is entered here
+    for the rest of the process, so those sections nest inside it. Errors still raise.
+    """
+    from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
+
+    MlflowEventsAndWarningsBehaviorGlobally(
+        disable_event_logs=True, disable_warnings=True, reroute_warnings=False
+    ).__enter__()
+
+
 def ingress_environment(ingress: str) -> dict[str, str]:
     """The environment variables that select Serve's HTTP ingress ``ingress`` (``cfg.serve.ingress``)."""
     try:

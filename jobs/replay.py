@@ -86,8 +86,28 @@ if __name__ == "__main__":
     live = newest_events(cfg, args.source, args.events, args.snapshot)
     import httpx
 
+    from rich.console import Console
+
+    from aisys.cli.progress import StageProgress
+
+    total = 2 * live.num_rows + args.requests + 2  # per event a GET and a POST, the extra GETs, /model, /healthz
+
+    class CountingClient(httpx.Client):
+        """Counts requests for the progress lines on stderr (a bar on a terminal); answers are untouched."""
+
+        def __init__(self, bar: StageProgress, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.bar = bar
+
+        def request(self, method, url, **kwargs):
+            response = super().request(method, url, **kwargs)
+            self.bar.advance(f"last {method} {str(url).split('?')[0]} -> {response.status_code}")
+            return response
+
     try:
-        summary = replay_live_traffic(url, live, args.requests, k=args.k, api_key=key)
+        with StageProgress(Console(stderr=True), "replay", "requests", total) as bar, \
+                CountingClient(bar, base_url=url, timeout=30.0) as client:
+            summary = replay_live_traffic(url, live, args.requests, k=args.k, api_key=key, client=client)
     except httpx.HTTPError as err:  # refused, timed out, dropped: the app is not reachable at that URL
         raise SystemExit(f"replay against {url} failed: {type(err).__name__}: {err}") from None
     print(json.dumps(_json_ready({"url": url, "source": args.source, **summary}), default=str), flush=True)

@@ -361,12 +361,22 @@ def _size(path: str) -> int:
         return PARQUET_BYTES_PER_BLOCK
 
 
-def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None) -> Manifest:
+def ingest_files(
+    cfg: AppConfig,
+    paths: Sequence[str],
+    source: str | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> Manifest:
     """Validate, deduplicate and append raw event files to the lake as a new snapshot.
 
     Duplicates: per event_id the earliest timestamp wins, ties going to the row that
     comes first in ``paths`` order, then file order; ids already in the lake are dropped.
+
+    ``on_progress(phase, done, total)`` is told how far each phase is: ``validate`` (0/1 then 1/1: Ray Data
+    reads and validates in one pass), ``keys`` (blocks whose keys reached the driver), ``write`` (write
+    tasks finished) and ``commit`` (1/1).
     """
+    progress = on_progress or (lambda phase, done, total: None)
     if not paths:
         raise ValueError("ingest_files needs at least one path")
     paths = [str(p) for p in paths]
@@ -388,8 +398,10 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
     # the same way on every run.
     tagged.context.execution_options.preserve_order = True
     t0 = time.perf_counter()
+    progress("validate", 0, 1)
     materialized = tagged.materialize()  # the only pass over the rows before the write
     tm = time.perf_counter()
+    progress("validate", 1, 1)
     refs = [entry.ref for bundle in materialized.iter_internal_ref_bundles() for entry in bundle.blocks]
 
     # Keys of the clean rows, block by block: 16 bytes per row (a 64-bit hash of the
@@ -403,6 +415,7 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
         stamps.append(_micros(clean.column("timestamp")))
         sizes.append(clean.num_rows)
         del block, clean  # releases the object-store pin
+        progress("keys", len(sizes), len(refs))
     t1 = time.perf_counter()
     winners, in_batch, in_lake = pick_winners_hashed(
         np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
@@ -419,12 +432,18 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     target = max(1, min(WRITE_CHUNK_ROWS, math.ceil(max(1, sum(sizes)) / cpus)))
     pending, results = [], []
-    for group in group_blocks(sizes, target):
+    groups = list(group_blocks(sizes, target))
+    progress("write", 0, len(groups))
+    for group in groups:
         if len(pending) >= cpus:
             done, pending = ray.wait(pending, num_returns=1)
             results += ray.get(done)
+            progress("write", len(results), len(groups))
         pending.append(write.remote(lake, snapshot_id, [keeps[i] for i in group], *[refs[i] for i in group]))
-    results += ray.get(pending)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        results += ray.get(done)
+        progress("write", len(results), len(groups))
     del materialized, refs
     t3 = time.perf_counter()
     _log.info("ingest %s: read+validate %.2fs, keys %.2fs, dedupe %.2fs, write %.2fs", snapshot_id, tm - t0, t1 - tm,
@@ -462,7 +481,9 @@ def ingest_files(cfg: AppConfig, paths: Sequence[str], source: str | None = None
         partitions=partitions,
     )
     # Another ingest may have committed since `parent` was read: rebase onto it rather than hide its rows.
-    return commit_with_rebase(lake, manifest)
+    committed = commit_with_rebase(lake, manifest)
+    progress("commit", 1, 1)
+    return committed
 
 
 def _micros(timestamps: pa.ChunkedArray) -> np.ndarray:

@@ -67,7 +67,8 @@ def _read_delimited(path: Path, delimiter: str, names: list[str] | None, encodin
     )
 
 
-def _grouplens_categories(folder: Path) -> dict[str, str] | None:
+def _grouplens_genres(folder: Path) -> dict[str, list[str]] | None:
+    """Item id -> every genre flagged in ``u.item`` (in ``u.genre`` order); None without ``u.item``."""
     item_path = folder / "u.item"
     if not item_path.exists():
         return None
@@ -76,16 +77,21 @@ def _grouplens_categories(folder: Path) -> dict[str, str] | None:
     if genre_path.exists():
         lines = [ln.split("|") for ln in genre_path.read_text(encoding="latin-1").splitlines() if "|" in ln]
         genres = [name for name, _ in sorted(lines, key=lambda pair: int(pair[1]))]
-    categories: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
     for line in item_path.read_text(encoding="latin-1").splitlines():
         fields = line.split("|")
         if len(fields) < 5:
             continue
         flags = fields[-len(genres):]
-        first = next((genres[i] for i, flag in enumerate(flags) if flag.strip() == "1"), None)
-        if first is not None:
-            categories[fields[0].strip()] = first
-    return categories
+        out[fields[0].strip()] = [genres[i] for i, flag in enumerate(flags) if flag.strip() == "1"]
+    return out
+
+
+def _grouplens_categories(folder: Path) -> dict[str, str] | None:
+    genres = _grouplens_genres(folder)
+    if genres is None:
+        return None
+    return {item: names[0] for item, names in genres.items() if names}
 
 
 def read_grouplens(folder: Path) -> pa.Table:
@@ -225,6 +231,22 @@ def read_item_titles(folder: str | Path) -> dict[str, str]:
         raise FileNotFoundError(f"{folder} holds neither u.item (GroupLens) nor ml-100k.item (RecBole)")
     # GroupLens titles end in the release year ("Toy Story (1995)"); RecBole's do not.
     return {item.strip(): re.sub(r"\s*\(\d{4}\)\s*$", "", title or "").strip() for item, title in pairs}
+
+
+def read_item_genres(folder: str | Path) -> dict[str, list[str]]:
+    """Item id -> its genres, first one first (the one events carry as ``category``), from ``u.item``
+    genre flags or the ``class`` tokens of ``ml-100k.item``."""
+    folder = Path(folder)
+    genres = _grouplens_genres(folder)
+    if genres is not None:
+        return genres
+    recbole = folder / "ml-100k.item"
+    if recbole.exists():
+        items = _read_delimited(recbole, "\t", None)
+        ids = _recbole_column(items, "item_id", recbole).cast(pa.string()).to_pylist()
+        classes = _recbole_column(items, "class", recbole).cast(pa.string()).to_pylist()
+        return {i: (c or "").split() for i, c in zip(ids, classes)}
+    raise FileNotFoundError(f"{folder} holds neither u.item (GroupLens) nor ml-100k.item (RecBole)")
 
 
 def movielens_folder(cfg: MovieLensConfig, cache_dir: str | Path) -> Path:

@@ -126,6 +126,17 @@ def simulate_catalogue(cfg: SimulatorConfig) -> pa.Table:
     return pa.table(columns)
 
 
+def simulate_products(cfg: SimulatorConfig) -> pa.Table:
+    """The shop's product table (``aisys.data.products.PRODUCT_SCHEMA``): every item, base and new,
+    with a seeded name, brand and colour, its category id (``c<n>``, as events carry it) and
+    department name ("Kitchen"), and its base price. Naming never touches the simulation's random
+    stream, so events are the same with or without it."""
+    from aisys.data.products import simulator_products
+
+    shop = _draw_shop(cfg, np.random.default_rng(cfg.seed))
+    return simulator_products(shop.item_category.tolist(), shop.base_price.tolist(), cfg.seed)
+
+
 def _pick(rng: np.random.Generator, weights: np.ndarray) -> int:
     total = weights.sum()
     return int(np.searchsorted(np.cumsum(weights), rng.random() * total, side="right").clip(0, len(weights) - 1))

@@ -177,7 +177,7 @@ class CachedSASRec(SASRecRecommender):
 
         path = self._path(train, n_items, validate is not None)
         if path.exists():
-            stored = torch.load(path, weights_only=False)
+            stored = torch.load(path, weights_only=True)
             s = self.settings
             self.model = SASRec(SASRecConfig(
                 n_items=n_items, max_seq_len=s.max_seq_len, embedding_dim=s.embedding_dim, n_layers=s.n_layers,
@@ -339,10 +339,18 @@ def evaluate_model(
     elif name in SEQUENTIAL_MODELS:
         base = sequential_settings(cfg, seed)
 
+        validations = []
+
         def validate(model: SASRecRecommender) -> float:
-            return score_task(model, valid)[0][SELECT_METRIC]
+            score = score_task(model, valid)[0][SELECT_METRIC]
+            validations.append(score)
+            # Progress for the CLI: a SASRec fit is the long part (minutes on ML-100K).
+            epoch = min(len(validations) * base.eval_every, base.epochs)
+            log(f"sasrec {split}: epoch {epoch}/{base.epochs} valid {SELECT_METRIC} {score:.4f}")
+            return score
 
         tuner = CachedSASRec(base, fit_cache, valid.name) if fit_cache else SASRecRecommender(base)
+        log(f"sasrec {split}: fitting on the valid task's train, up to {base.epochs} epochs")
         tune_seconds = _fit_timed(lambda: tuner.fit(valid.train, valid.n_items, validate))
         tune_seconds += _cached_seconds(tuner)
         trace = dict(tuner.trace.scores)
@@ -384,6 +392,7 @@ def evaluate_model(
         assert best is not None
         _, chosen, valid_metrics = best
         model = make_baseline(name, chosen, seed, cfg.train.torch_threads)
+    log(f"{name} {split}: refit on the test task's train ({len(test.train)} users)")
     train_seconds = _fit_timed(lambda: fit_model(model, test.train, test.n_items, test_times))
     sasrec_part = model.models[0] if isinstance(model, WeightedBlend) else model
     train_seconds += _cached_seconds(sasrec_part)

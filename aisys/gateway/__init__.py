@@ -1,4 +1,4 @@
-"""The API gateway inside the FastAPI ingress: API keys and scopes, rate limits, response cache,
+"""The API gateway inside the FastAPI ingress: API keys and scopes, shopper sessions, rate limits, response cache,
 body limits, request ids, JSON access logs and CORS (see docs/gateway.md).
 
 Importing this package never imports Ray: the shared rate-limiter actor is
@@ -6,7 +6,7 @@ created on first use.
 """
 
 from aisys.gateway.cache import CacheKey, ResponseCache
-from aisys.gateway.gateway import ANONYMOUS, Gateway, Principal
+from aisys.gateway.gateway import ANONYMOUS, SHOPPER_SCOPES, Gateway, Principal
 from aisys.gateway.keys import (
     SCOPES,
     FileKeyStore,
@@ -22,10 +22,12 @@ from aisys.gateway.keys import (
 )
 from aisys.gateway.middleware import GatewayError
 from aisys.gateway.ratelimit import Decision, InMemoryRateLimiter, RateLimiter, RayRateLimiter, TokenBucket
+from aisys.gateway.shopper import InvalidToken, ShopperSession, ShopperTokens
 
 __all__ = [
     "ANONYMOUS",
     "SCOPES",
+    "SHOPPER_SCOPES",
     "CacheKey",
     "Decision",
     "FileKeyStore",
@@ -33,6 +35,7 @@ __all__ = [
     "GatewayError",
     "InMemoryKeyStore",
     "InMemoryRateLimiter",
+    "InvalidToken",
     "KeyRecord",
     "KeyStore",
     "KeyStoreError",
@@ -40,6 +43,8 @@ __all__ = [
     "RateLimiter",
     "RayRateLimiter",
     "ResponseCache",
+    "ShopperSession",
+    "ShopperTokens",
     "TokenBucket",
     "create_key",
     "ensure_dev_keys",

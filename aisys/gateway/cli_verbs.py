@@ -13,7 +13,15 @@ import sys
 from typing import Callable
 
 from aisys.config import AppConfig
-from aisys.gateway.keys import SCOPES, FileKeyStore, create_key, keys_file_path, list_keys, revoke_key
+from aisys.gateway.keys import (
+    SCOPES,
+    FileKeyStore,
+    KeyStoreError,
+    create_key,
+    keys_file_path,
+    list_keys,
+    revoke_key,
+)
 
 
 def cmd_keys(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -50,11 +58,34 @@ def cmd_keys(cfg: AppConfig, args: argparse.Namespace) -> int:
             print(f"{key['name']:<24} {key['key_id']:<14} {scopes:<28} {limit:<14} {key['created_at']}")
         return 0
     if action == "revoke":
-        record = revoke_key(store, args.name)
+        name = args.revoke_name or args.name
+        if not name or (args.revoke_name and args.name and args.revoke_name != args.name):
+            raise KeyStoreError("name the key to revoke once: aisys keys revoke NAME [--purge]")
+        record = revoke_key(store, name)
         print(f"revoked key {record.name!r} (key_id {record.key_id}); servers stop accepting it within "
               f"gateway.keys_reload_s ({cfg.gateway.keys_reload_s:g} s)")
+        if args.purge:
+            purge_key_events(cfg, record.key_id, record.name)
         return 0
     raise ValueError(f"unknown keys action {action!r}; use create, list or revoke")
+
+
+def purge_key_events(cfg: AppConfig, key_id: str, name: str) -> int:
+    """Remove the events sent with key ``key_id`` from the collector files; print and return how many.
+
+    Run after the revocation: a server may still accept the key for up to
+    ``gateway.keys_reload_s``, so run the purge again after that if the key was
+    in use (it is idempotent).
+    """
+    from aisys.serving.event_log import collector_folder, purge_sender  # the event log owns its file format
+
+    removed = purge_sender(collector_folder(cfg), f"key:{key_id}")
+    total = sum(removed.values())
+    for path, n in removed.items():
+        print(f"  {path}: removed {n} event(s)")
+    print(f"purged {total} event(s) sent with key {name!r} from {collector_folder(cfg)} (not yet ingested); "
+          "events already in a lake snapshot stay there", file=sys.stderr)
+    return total
 
 
 def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -79,4 +110,9 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
 
     revoke = actions.add_parser("revoke", help="delete a key by name")
     common(revoke)
-    revoke.add_argument("--name", required=True, help="the key to revoke")
+    revoke.add_argument("revoke_name", nargs="?", metavar="NAME", help="the key to revoke")
+    revoke.add_argument("--name", help="the key to revoke (same as NAME)")
+    revoke.add_argument(
+        "--purge", action="store_true",
+        help="also remove the events this key sent from the collector files, so the next snapshot leaves them out",
+    )

@@ -8,8 +8,11 @@ Usage (what the serving app does)::
     @router.get("/recommendations/{user_id}")
     async def recs(principal: Annotated[Principal, Depends(gateway.require("recommend"))]): ...
 
-A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
-Missing or unknown: 401. Known but without the scope: 403. Over its token
+A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; a
+shopper session token (``st_...``, :mod:`aisys.gateway.shopper`) comes in
+``Authorization: Bearer <token>`` and yields a principal bound to one user id
+with only ``storefront``/``recommend``/``events``, limited per session and per
+client address. Missing or unknown: 401. Known but without the scope: 403. Over its token
 bucket: 429 with ``Retry-After``; every request that passed the limiter also
 gets ``X-RateLimit-Limit/Remaining/Reset``. Keys holding the ``storefront``
 scope (and not ``admin``) get the tighter storefront limits; a key's own
@@ -45,7 +48,8 @@ from aisys.gateway.middleware import (
     enable_access_log,
     gateway_error_response,
 )
-from aisys.gateway.ratelimit import InMemoryRateLimiter, RateLimiter
+from aisys.gateway.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
+from aisys.gateway.shopper import InvalidToken, ShopperSession, ShopperTokens, is_shopper_token
 from aisys.serving.errors import request_id_of
 
 logger = logging.getLogger(__name__)
@@ -59,19 +63,47 @@ BearerDep = Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]
 ApiKeyDep = Annotated[Optional[str], Depends(_api_key_header)]
 
 
+# What a shopper session may do: browse, see its own recommendations, report its own events.
+SHOPPER_SCOPES = frozenset({"storefront", "recommend", "events"})
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's name, every scope it grants, and its public id."""
+    """Who is calling: the key's name, every scope it grants, and its public id.
+
+    ``user_id`` is set for a shopper session: the one user it may act for
+    (``None``: a server-to-server key, which may name any user).
+    ``session_id`` is the shopper session's public id.
+    """
 
     name: str
     scopes: frozenset
     key_id: str = ""
+    user_id: Optional[str] = None
+    session_id: Optional[str] = None
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes
 
+    def may_act_for(self, user_id: str) -> bool:
+        """Whether this caller may read or write ``user_id``'s data."""
+        return self.user_id is None or self.user_id == user_id
+
+    @property
+    def sender(self) -> str:
+        """What the event log records as the sender: ``key:<key_id>``, ``session:<sid>`` or ``anonymous``."""
+        if self.session_id is not None:
+            return f"session:{self.session_id}"
+        return f"key:{self.key_id}" if self.key_id else "anonymous"
+
 
 ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES), key_id="")
+
+
+def shopper_principal(session: ShopperSession) -> Principal:
+    """The principal a valid shopper token yields: shopper scopes, bound to the token's user."""
+    return Principal(name=f"shopper:{session.sid}", scopes=SHOPPER_SCOPES, key_id="",
+                     user_id=session.user_id, session_id=session.sid)
 
 Listener = Callable[[str, Optional[str]], None]
 
@@ -101,13 +133,20 @@ class Gateway:
     """
 
     def __init__(
-        self, cfg: AppConfig, keys: KeyStore, limiter: RateLimiter, cache: Optional[ResponseCache] = None
+        self,
+        cfg: AppConfig,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        cache: Optional[ResponseCache] = None,
+        tokens: Optional[ShopperTokens] = None,
     ) -> None:
         self.cfg = cfg
         self.settings = cfg.gateway
         self.keys = keys
         self.limiter = limiter
         self.cache = cache
+        # Without a signer no shopper token is accepted, and POST /shop/session answers 503.
+        self.tokens = tokens
         self.counts: collections.Counter = collections.Counter()
         self.listeners: list[Listener] = []
 
@@ -133,7 +172,10 @@ class Gateway:
             enable_access_log()
         else:  # the demo and benchmarks turn per-request lines off, like Serve's own access log
             logging.getLogger(ACCESS_LOGGER_NAME).setLevel(logging.WARNING)
-        return cls(cfg, keys, limiter, ResponseCache.from_config(cfg))
+        from aisys.gateway.shopper import shopper_tokens_from_config
+
+        # An unusable secret file raises here: a replica must not start unable to check sessions.
+        return cls(cfg, keys, limiter, ResponseCache.from_config(cfg), shopper_tokens_from_config(cfg))
 
     # ------------------------------------------------------------------ counters
 
@@ -218,6 +260,8 @@ class Gateway:
                 "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if is_shopper_token(presented):
+            return await self._authorize_shopper(request, scope, presented)
         record = self.keys.lookup(presented)
         if record is None:
             self._count("unauthorized")
@@ -234,25 +278,81 @@ class Gateway:
                 f"key {record.name!r} lacks scope {scope!r} (it has: {', '.join(record.scopes)})",
             )
         rate, burst = self.limits_for(record)
-        decision = await self.limiter.acquire_async(record.key_id, rate, burst)
+        await self.take(request, record.key_id, rate, burst, f"key {record.name!r}", record.name)
+        return principal
+
+    def verify_shopper(self, token: str) -> ShopperSession:
+        """The session a shopper token proves; a 401 :class:`GatewayError` when it is invalid or expired."""
+        if self.tokens is None:
+            self._count("unauthorized")
+            raise GatewayError(401, "unauthorized", "shopper sessions are not enabled on this server",
+                               headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return self.tokens.verify(token)
+        except InvalidToken as err:
+            self._count("unauthorized")
+            raise GatewayError(401, "unauthorized", str(err), headers={"WWW-Authenticate": "Bearer"}) from None
+
+    async def _authorize_shopper(self, request: Request, scope: str, token: str) -> Principal:
+        principal = shopper_principal(self.verify_shopper(token))
+        setattr(request.state, STATE_KEY_NAME, principal.name)
+        if not principal.has(scope):
+            self._count("forbidden", principal.name)
+            raise GatewayError(403, "forbidden", f"a shopper session lacks scope {scope!r}")
+        # Any route with a {user_id} in its path (the API's and the shop's recommendation routes, and any
+        # added later) is bound here, before a handler runs: a session reads only its own user.
+        path_user = request.path_params.get("user_id")
+        if path_user is not None and not principal.may_act_for(str(path_user)):
+            self._count("forbidden", principal.name)
+            raise GatewayError(403, "forbidden",
+                               "a shopper session may only read and write its own user's data "
+                               "(path.user_id is not this session's user)",
+                               fields=[{"field": "path.user_id", "message": "not this session's user"}])
+        g = self.settings
+        # The address bucket first: one client minting many sessions is still limited as one client;
+        # the session bucket then keeps one shopper from spending what the other shoppers of an address get.
+        await self.take(request, f"addr:{self.client_address(request)}", g.address_rate_limit_per_s,
+                        g.address_rate_limit_burst, "your network address", principal.name)
+        await self.take(request, f"session:{principal.session_id}", g.shopper_rate_limit_per_s,
+                        g.shopper_rate_limit_burst, "this shopper session", principal.name)
+        return principal
+
+    def client_address(self, request: Request) -> str:
+        """The caller's address: the last entry of ``gateway.client_address_header`` when set, else the TCP peer."""
+        header = self.settings.client_address_header
+        if header:
+            value = request.headers.get(header, "")
+            last = value.split(",")[-1].strip()
+            if last:
+                return last[:64]  # a bucket id, not a parsed address: bound what a header can make us store
+        return request.client.host if request.client else "unknown"
+
+    async def take(self, request: Request, bucket: str, rate: float, burst: int, what: str,
+                   name: Optional[str] = None) -> Decision:
+        """Take one token from ``bucket``; raise 429 (or 503 when failing closed) if there is none.
+
+        ``what`` names the limited party in the 429 message. The response carries
+        the ``X-RateLimit-*`` headers of the last bucket taken from.
+        """
+        decision = await self.limiter.acquire_async(bucket, rate, burst)
         setattr(request.state, STATE_RESPONSE_HEADERS, decision.headers())
+        if decision.error is not None and not decision.fallback:
+            self._count("rate_limiter_unavailable", name)
+            raise GatewayError(
+                503,
+                "rate_limiter_unavailable",
+                "the rate limiter is unreachable and gateway.rate_limit_fail_open is false; retry shortly",
+                headers=decision.headers(),
+            )
         if decision.error is not None:
-            if not decision.allowed:
-                self._count("rate_limiter_unavailable", record.name)
-                raise GatewayError(
-                    503,
-                    "rate_limiter_unavailable",
-                    "the rate limiter is unreachable and gateway.rate_limit_fail_open is false; retry shortly",
-                    headers=decision.headers(),
-                )
-            self._count("rate_limiter_degraded", record.name)
-        elif not decision.allowed:
-            self._count("too_many_requests", record.name)
+            self._count("rate_limiter_degraded", name)
+        if not decision.allowed:
+            self._count("too_many_requests", name)
             raise GatewayError(
                 429,
                 "too_many_requests",
-                f"rate limit of key {record.name!r} exceeded ({burst} burst, {rate:g}/s); "
+                f"rate limit of {what} exceeded ({burst} burst, {rate:g}/s); "
                 f"retry in {decision.retry_after_s:.2f} s",
                 headers=decision.headers(),
             )
-        return principal
+        return decision

@@ -10,9 +10,9 @@ secrets (passwords) against guessing once the hash file leaks. A 256-bit random
 key cannot be guessed whatever the hash speed, and a fast hash keeps the check
 at microseconds per request instead of ~100 ms per request.
 
-Scopes: ``admin`` grants every scope; ``storefront`` (the browser's publishable
-key) grants ``recommend`` and ``events`` too, and is rate-limited more tightly
-(see :mod:`aisys.gateway.gateway`).
+Scopes: ``admin`` grants every scope; ``storefront`` grants ``recommend`` and
+``events`` too, and is rate-limited more tightly (see :mod:`aisys.gateway.gateway`);
+``sessions`` mints shopper sessions for named users. No key is ever given to a browser.
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ from aisys.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
-SCOPES: tuple[str, ...] = ("storefront", "recommend", "events", "admin")
-# What holding a scope grants. A storefront key is what a shop page embeds: it
-# shows recommendations and reports browsing events, nothing else.
+SCOPES: tuple[str, ...] = ("storefront", "recommend", "events", "sessions", "admin")
+# What holding a scope grants. A storefront key is for a shop's own backend (a page
+# no longer embeds any key: browsers get shopper sessions, see aisys.gateway.shopper);
+# `sessions` lets a sign-in service mint a shopper session for a named user.
 SCOPE_GRANTS: dict[str, frozenset[str]] = {
     "admin": frozenset(SCOPES),
     "storefront": frozenset({"storefront", "recommend", "events"}),
     "recommend": frozenset({"recommend"}),
     "events": frozenset({"events"}),
+    "sessions": frozenset({"sessions"}),
 }
 KEY_PREFIX = "ak_"
 FILE_FORMAT_VERSION = 1

@@ -52,15 +52,25 @@ class GatewayError(StarletteHTTPException):
     when it is raised while the body is read.
     """
 
-    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        fields: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__(status_code=status_code, detail=message, headers=headers)
         self.code = code
+        self.fields = list(fields or [])  # [{"field": "path.user_id", "message": ...}]: what to blame
 
 
 def gateway_error_response(exc: GatewayError, request_id: str | None) -> JSONResponse:
     """The one JSON error shape (``aisys.serving.errors``) for a :class:`GatewayError`."""
     return JSONResponse(
-        error_body(exc.code, str(exc.detail), request_id), status_code=exc.status_code, headers=exc.headers
+        error_body(exc.code, str(exc.detail), request_id, getattr(exc, "fields", None)),
+        status_code=exc.status_code,
+        headers=exc.headers,
     )
 
 

@@ -13,18 +13,21 @@
 If the actor cannot be reached (dead, or slower than ``timeout_s``; the first
 call after the actor is (re)created may take up to ``connect_timeout_s`` while
 its process starts, which :meth:`RayRateLimiter.connect` does at server start),
-the limiter *fails open* by default: the request is served, the failure is
+the limiter *fails open* by default, but not unlimited: while the actor is
+unreachable each replica limits on its own, with a local per-replica
+:class:`InMemoryRateLimiter` (same rate and burst per bucket), so a caller gets
+at most N replicas times its limit instead of everything; the failure is
 counted and logged, and the actor is looked up (or re-created) again after
-``retry_every_s``. Keys are still checked locally, so an outage of the limiter
-loses throttling for authenticated callers only, while failing closed would
-turn a limiter outage into a full API outage. ``fail_open=False``
-(``gateway.rate_limit_fail_open: false``) refuses instead (the gateway answers
-503).
+``retry_every_s``. Failing closed would turn a limiter outage into a full API
+outage. ``fail_open=False`` (``gateway.rate_limit_fail_open: false``) refuses
+instead (the gateway answers 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import functools
 import logging
 import math
@@ -48,8 +51,9 @@ class Decision:
 
     ``remaining`` whole tokens are left; ``reset_s`` is how long until the
     bucket is full again; ``retry_after_s`` how long until one token is there
-    (0 when allowed). ``error`` is set when no limiter could be asked and the
-    decision is the fail-open/closed default.
+    (0 when allowed). ``error`` is set when the shared limiter could not be
+    asked: then ``fallback`` says whether a local per-replica bucket decided
+    (fail open), else the decision is the fail-closed refusal.
     """
 
     allowed: bool
@@ -58,10 +62,11 @@ class Decision:
     reset_s: float
     retry_after_s: float
     error: str | None = None
+    fallback: bool = False
 
     def headers(self) -> dict[str, str]:
         """``X-RateLimit-Limit/Remaining/Reset`` (whole seconds), plus ``Retry-After`` when refused."""
-        if self.error is not None:
+        if self.error is not None and not self.fallback:
             return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))} if not self.allowed else {}
         headers = {
             "X-RateLimit-Limit": str(self.limit),
@@ -105,6 +110,11 @@ class TokenBucket:
         self.rate, self.burst = float(rate), int(burst)
         self._tokens = min(self._tokens, float(burst))
 
+    def is_full(self) -> bool:
+        """Whether the bucket has refilled to ``burst`` (then it equals a new bucket)."""
+        self._refill(self._clock())
+        return self._tokens >= self.burst
+
     def acquire(self, cost: float = 1.0) -> Decision:
         """Take ``cost`` tokens if there are enough; say how long to wait otherwise."""
         self._refill(self._clock())
@@ -134,21 +144,45 @@ class RateLimiter(ABC):
 
 
 class InMemoryRateLimiter(RateLimiter):
-    """Buckets in this process: exact, but per process (one uvicorn process, tests)."""
+    """Buckets in this process: exact, but per process (one uvicorn process, tests).
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    At most ``max_buckets`` buckets are kept: shopper sessions and client
+    addresses each get one, so their number is not ours to choose. Past the
+    cap, buckets that have refilled completely are dropped first (a full bucket
+    and a missing one give the same answer); then the least recently used.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic, max_buckets: int = 200_000) -> None:
+        if max_buckets < 1:
+            raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
         self._clock = clock
         self._lock = threading.Lock()
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self.max_buckets = max_buckets
 
     def acquire(self, key_id: str, rate: float, burst: int) -> Decision:
         with self._lock:
             bucket = self._buckets.get(key_id)
             if bucket is None:
+                if len(self._buckets) >= self.max_buckets:
+                    self._evict()  # before inserting: the new (full) bucket must not be the one dropped
                 bucket = self._buckets[key_id] = TokenBucket(rate, burst, self._clock)
-            elif bucket.rate != rate or bucket.burst != burst:
-                bucket.reconfigure(rate, burst)
+            else:
+                self._buckets.move_to_end(key_id)
+                if bucket.rate != rate or bucket.burst != burst:
+                    bucket.reconfigure(rate, burst)
             return bucket.acquire()
+
+    def _evict(self) -> None:
+        # Full buckets first (forgetting them changes no answer), then the least recently used.
+        # Down to 90% of the cap, so the O(n) sweep runs once per cap/10 new buckets, not per request.
+        target = max(1, self.max_buckets * 9 // 10)
+        for key in [key for key, bucket in self._buckets.items() if bucket.is_full()]:
+            if len(self._buckets) <= target:
+                break
+            del self._buckets[key]
+        while len(self._buckets) > target:
+            self._buckets.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -214,6 +248,8 @@ class RayRateLimiter(RateLimiter):
         self._actor: Any = None
         self._ready = False  # has the actor answered since it was (re)resolved?
         self._retry_at = float("-inf")
+        # Decides while the actor is unreachable (fail open): per replica, but never unlimited.
+        self._local = InMemoryRateLimiter(clock)
 
     @classmethod
     def from_config(cls, cfg: "AppConfig") -> "RayRateLimiter":
@@ -267,7 +303,7 @@ class RayRateLimiter(RateLimiter):
         try:
             ray.get(self.actor().bucket_count.remote(), timeout=self.connect_timeout_s)
         except Exception as err:  # reported and retried by the request path
-            self._failed(err, 1.0, 1)
+            self._note_failure(err)
             return False
         self._ready = True
         return True
@@ -280,9 +316,12 @@ class RayRateLimiter(RateLimiter):
     def _backing_off(self) -> bool:
         return self._clock() < self._retry_at
 
-    def _unavailable(self, rate: float, burst: int, message: str) -> Decision:
+    def _unavailable(self, key_id: str, rate: float, burst: int, message: str) -> Decision:
+        if self.fail_open:
+            local = self._local.acquire(key_id, rate, burst)
+            return dataclasses.replace(local, error=message, fallback=True)
         return Decision(
-            allowed=self.fail_open,
+            allowed=False,
             remaining=0,
             limit=int(burst),
             reset_s=0.0,
@@ -290,38 +329,43 @@ class RayRateLimiter(RateLimiter):
             error=message,
         )
 
-    def _failed(self, err: BaseException, rate: float, burst: int) -> Decision:
+    def _failed(self, err: BaseException, key_id: str, rate: float, burst: int) -> Decision:
+        return self._unavailable(key_id, rate, burst, self._note_failure(err))
+
+    def _note_failure(self, err: BaseException) -> str:
+        """Count, log and report a failed call, start the back-off; return the message."""
         message = f"rate limiter actor {self.namespace}/{self.name} unreachable: {type(err).__name__}: {err}"
         with self._lock:
             self._actor = None  # look it up (or re-create it) after the back-off
             self._ready = False
             self._retry_at = self._clock() + self.retry_every_s
             self.errors += 1
-        logger.warning("%s; failing %s for %.1f s", message, "open" if self.fail_open else "closed", self.retry_every_s)
+        logger.warning("%s; failing %s for %.1f s", message,
+                       "open (local per-replica buckets)" if self.fail_open else "closed", self.retry_every_s)
         if self.on_error is not None:
             self.on_error(message)
-        return self._unavailable(rate, burst, message)
+        return message
 
     def acquire(self, key_id: str, rate: float, burst: int) -> Decision:
         if self._backing_off():
-            return self._unavailable(rate, burst, self._backoff_message())
+            return self._unavailable(key_id, rate, burst, self._backoff_message())
         import ray
 
         try:
             decision = ray.get(self.actor().acquire.remote(key_id, rate, burst), timeout=self._timeout())
         except Exception as err:  # any failure to reach the actor takes the documented default
-            return self._failed(err, rate, burst)
+            return self._failed(err, key_id, rate, burst)
         self._ready = True
         return decision
 
     async def acquire_async(self, key_id: str, rate: float, burst: int) -> Decision:
         if self._backing_off():
-            return self._unavailable(rate, burst, self._backoff_message())
+            return self._unavailable(key_id, rate, burst, self._backoff_message())
         try:
             ref = self.actor().acquire.remote(key_id, rate, burst)
             decision = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=self._timeout())
         except Exception as err:  # as in acquire
-            return self._failed(err, rate, burst)
+            return self._failed(err, key_id, rate, burst)
         self._ready = True
         return decision
 

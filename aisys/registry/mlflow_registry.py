@@ -281,6 +281,22 @@ def get_model_info(cfg: AppConfig, alias: str) -> dict[str, Any]:
     return _info(model_version, alias)
 
 
+def run_metrics(cfg: AppConfig, run_id: str) -> dict[str, float]:
+    """The final metrics MLflow holds for ``run_id``, named as logged (``test_ndcg_at_10``); the operator view reads them."""
+    configure_mlflow(cfg)
+    return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+
+
+def recorded_champions(cfg: AppConfig) -> list[str]:
+    """Versions the gate made champion, oldest first: the registered-model tag ``aisys.champion_history`` that
+    :mod:`aisys.registry.promotion` writes (serving reads it here, without importing the gate's evaluation)."""
+    import json
+
+    configure_mlflow(cfg)
+    tags = mlflow.MlflowClient().get_registered_model(cfg.registry.model_name).tags or {}
+    return [str(v) for v in json.loads(tags.get("aisys.champion_history", "[]"))]
+
+
 def set_alias(cfg: AppConfig, alias: str, version: str) -> None:
     """Point ``alias`` of ``cfg.registry.model_name`` at ``version`` (promotion / rollback)."""
     configure_mlflow(cfg)

@@ -10,8 +10,8 @@ On start a replica:
    code training used); the others find the snapshot loaded and skip the lake;
 3. starts an :class:`~aisys.serving.follow.AliasFollower` that swaps in new
    versions of the aliases in the background (``cfg.online.follow_alias_every_s``);
-4. builds the FastAPI app around the service (late-bound ingress, below), with
-   the API gateway when ``aisys.gateway`` is installed, plus the storefront and
+4. builds the FastAPI app around the service (late-bound ingress, below), behind
+   the API gateway (a gateway that fails to build fails the replica: never an open app), plus the storefront and
    operator pages (``aisys.storefront``) over the champion snapshot's catalogue;
 5. records its metrics and, with ``cfg.monitor.enabled``, feeds the drift monitor
    actor in the background (:mod:`aisys.serving.telemetry`).
@@ -42,7 +42,7 @@ from aisys.serving.rules import JsonFileInventory
 from aisys.serving.service import OnlineService, ServedModel
 from aisys.serving.session_store import InMemorySessionStore, SessionStore, sessions_from_events
 from aisys.serving.telemetry import ServingTelemetry, gateway_key_tier, install_request_metrics
-from aisys.storefront.provider import latest_report_path, load_catalogue, monitor_status, overview, storefront_key
+from aisys.storefront.provider import latest_report_path, load_catalogue, monitor_status, overview
 from aisys.storefront.routes import install_storefront
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def open_session_store(cfg: AppConfig) -> SessionStore:
         from aisys.serving.session_actor import actor_session_store
 
         return actor_session_store(cfg)
-    return InMemorySessionStore(cfg.online.max_history)
+    return InMemorySessionStore(cfg.online.max_history, cfg.online.max_sessions)
 
 
 async def seed_sessions(cfg: AppConfig, store: SessionStore, bundle, snapshot_id: str | None) -> int:
@@ -91,10 +91,40 @@ async def seed_sessions(cfg: AppConfig, store: SessionStore, bundle, snapshot_id
     return seeded
 
 
+def promotion_recorded(version: str | None, history: list[str]) -> bool:
+    """Whether the gate's champion history (``aisys.champion_history``) holds ``version``."""
+    return version is not None and str(version) in {str(v) for v in history}
+
+
+async def check_promotion_recorded(cfg: AppConfig, alias: str | None, version: str | None) -> None:
+    """With ``serve.require_recorded_promotion``, refuse a champion the gate did not promote (PermissionError).
+
+    Checked before the download, so a refused version costs two registry reads, not a model load.
+    """
+    if not cfg.serve.require_recorded_promotion or alias != cfg.registry.champion_alias:
+        return
+    from aisys.registry.mlflow_registry import recorded_champions
+
+    history = await asyncio.to_thread(recorded_champions, cfg)
+    if version is None:
+        version = await resolve_alias(cfg, alias)
+    if not promotion_recorded(version, history):
+        raise PermissionError(
+            f"version {version} of {cfg.registry.model_name!r} holds alias {alias!r}, but no gate decision promoted "
+            f"it (registered-model tag aisys.champion_history: {history[-5:]}); refusing to serve it. Promote it "
+            "with `aisys promote`, or set serve.require_recorded_promotion: false"
+        )
+
+
 async def load_served_model(cfg: AppConfig, store: SessionStore, alias: str | None, version: str | None = None,
                             model_uri: str | None = None) -> ServedModel:
-    """Download a registered version, seed the store from its snapshot, build its recommender."""
+    """Download a registered version, seed the store from its snapshot, build its recommender.
+
+    A champion whose promotion the gate did not record is refused first (``serve.require_recorded_promotion``).
+    """
     from aisys.registry.mlflow_registry import load_bundle
+
+    await check_promotion_recorded(cfg, alias, version)
 
     bundle, info = await asyncio.to_thread(load_bundle, cfg, alias, version, model_uri)
     info["alias"] = alias or info.get("alias")
@@ -118,11 +148,13 @@ async def resolve_alias(cfg: AppConfig, alias: str) -> str | None:
 
 
 def make_gateway(cfg: AppConfig):
-    """``aisys.gateway.Gateway.from_config(cfg)``, or ``None`` when the gateway package is not installed."""
-    try:
-        from aisys.gateway import Gateway
-    except ImportError:
-        return None
+    """``aisys.gateway.Gateway.from_config(cfg)``; any failure propagates and the replica does not start.
+
+    There is deliberately no fallback: an app without its gateway would serve
+    every route, admin ones included, to anyone (fail closed, issue 17).
+    """
+    from aisys.gateway import Gateway
+
     return Gateway.from_config(cfg)
 
 
@@ -155,6 +187,7 @@ class RecommenderService:
             challenger=challenger,
             scorer=self.score,
             telemetry=self.telemetry,
+            catalogue=lambda: getattr(self, "catalogue", None),  # events take their attributes from it
         )
         aliases = {CHALLENGER: cfg.online.challenger_alias}
         if not cfg.serve.model_uri:  # a pinned version is not followed
@@ -172,9 +205,8 @@ class RecommenderService:
     def __serve_build_asgi_app__(self):
         """Called by Serve after ``__init__``: the routes bound to this replica's service, and the pages."""
         cfg = self._cfg
-        gateway = make_gateway(cfg)
-        if gateway is not None:
-            gateway.listeners.append(self.telemetry.rate_limit_listener(gateway_key_tier(gateway)))
+        gateway = make_gateway(cfg)  # raises rather than serve an unguarded app
+        gateway.listeners.append(self.telemetry.rate_limit_listener(gateway_key_tier(gateway)))
         app = build_fastapi_app(self.service, default_k=cfg.serve.default_k, max_k=cfg.serve.max_k, gateway=gateway)
 
         async def latest_report():
@@ -183,10 +215,11 @@ class RecommenderService:
         install_storefront(
             app,
             catalogue=lambda: self.catalogue,
-            storefront_key=lambda: storefront_key(cfg),
-            guard=None if gateway is None else gateway.require,
+            storefront_key=lambda: None,  # the page embeds no key: it gets a shopper session
+            guard=gateway.require,
             overview=lambda: overview(cfg, self.service),
             latest_report=latest_report,
+            recommend=self.service.recommend,  # the shelf route (aisys.storefront.shelf) filters its answer
         )
         install_request_metrics(app)  # last: outermost, so it sees every answer, refusals included
         return app

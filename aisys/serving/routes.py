@@ -12,6 +12,11 @@ Routes (scope each needs when a gateway is plugged in)::
     PUT  /admin/stock                      admin      -> StockOut
     GET  /admin/counters                   admin      -> serving counters
     GET  /healthz                          (open)     -> Health
+    POST /shop/session                     (open, per-address limit) -> a shopper session
+    POST /sessions                         sessions   -> a shopper session for a named user
+
+A shopper session (a browser's credential) may read recommendations and post
+events only for the user its token is bound to: 403 otherwise, naming the field.
 
 With ``gateway`` (:class:`aisys.gateway.Gateway`), every route but ``/healthz``
 depends on ``gateway.require(scope)``, ``gateway.install(app)`` adds its
@@ -28,7 +33,9 @@ not FastAPI's default ``HTTPValidationError``, which this API never returns.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 
+from aisys.serving.api_docs import install_offline_docs
 from aisys.serving.api_models import (
     MAX_ID_LENGTH,
     ErrorOut,
@@ -41,7 +48,7 @@ from aisys.serving.api_models import (
     StockOut,
 )
 from aisys.serving.errors import install_error_handlers
-from aisys.serving.service import OnlineService
+from aisys.serving.service import OnlineService, UnknownItem
 
 
 def _service(request: Request) -> OnlineService:
@@ -63,22 +70,48 @@ def _guard(gateway: Any, scope: str) -> list:
     return [] if gateway is None else [Depends(gateway.require(scope))]
 
 
+def _caller(gateway: Any, scope: str) -> Any:
+    """A dependency enforcing ``scope`` that returns the caller's Principal (None without a gateway)."""
+    if gateway is None:
+        def nobody() -> None:
+            return None
+
+        return nobody
+    return gateway.require(scope)
+
+
+def _must_act_for(who: Any, user_id: str, field: str) -> None:
+    """403 naming ``field`` unless ``who`` may act for ``user_id`` (a shopper session: only its own user)."""
+    if who is not None and not who.may_act_for(user_id):
+        from aisys.gateway import GatewayError  # only reached with a gateway installed
+
+        message = "a shopper session may only read and write its own user's data"
+        raise GatewayError(403, "forbidden", f"{message} ({field} is not this session's user)",
+                           fields=[{"field": field, "message": "not this session's user"}])
+
+
 def _recommendations_router(default_k: int, max_k: int, gateway: Any) -> APIRouter:
-    router = APIRouter(tags=["recommendations"], dependencies=_guard(gateway, "recommend"))
+    router = APIRouter(tags=["recommendations"])
+    caller = _caller(gateway, "recommend")
 
     @router.get("/recommendations/{user_id}", response_model=RecommendationsOut)
     async def get_recommendations(
         service: ServiceDep,
+        who: Annotated[Any, Depends(caller)],
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
         k: Annotated[int, Query(ge=1, le=max_k, description=f"How many items (1..{max_k}).")] = default_k,
     ) -> RecommendationsOut:
-        """Top-k items with a reason each; unknown users, model errors and slow models get popularity, flagged."""
+        """Top-k items with a reason each; unknown users, model errors and slow models get popularity, flagged.
+
+        A shopper session may ask only for its own user (403 otherwise): the reasons disclose history.
+        """
+        _must_act_for(who, user_id, "path.user_id")
         try:
             return await service.recommend(user_id, k)
         except LookupError as err:
             raise HTTPException(status_code=503, detail=str(err)) from None
 
-    @router.get("/model", response_model=ModelOut)
+    @router.get("/model", response_model=ModelOut, dependencies=_guard(gateway, "recommend"))
     async def model_info(service: ServiceDep) -> ModelOut:
         """The champion: registry name/version/alias, run, data snapshot, metrics."""
         return service.model_info()
@@ -87,12 +120,26 @@ def _recommendations_router(default_k: int, max_k: int, gateway: Any) -> APIRout
 
 
 def _events_router(gateway: Any) -> APIRouter:
-    router = APIRouter(tags=["events"], dependencies=_guard(gateway, "events"))
+    router = APIRouter(tags=["events"])
+    caller = _caller(gateway, "events")
 
     @router.post("/events", status_code=202, response_model=EventAccepted)
-    async def post_event(service: ServiceDep, event: EventIn) -> EventAccepted:
-        """Accept one interaction: log it for ingestion, then update the user's shared session."""
-        return await service.record_event(event)
+    async def post_event(service: ServiceDep, who: Annotated[Any, Depends(caller)], event: EventIn) -> EventAccepted:
+        """Accept one interaction: log it for ingestion, then update the user's shared session.
+
+        ``category`` and ``price`` are taken from the operator's catalogue, never from the body (sent values
+        are ignored). A shopper session may post only for its own user (403) and only items in the
+        catalogue (422 on ``body.item_id``).
+        """
+        _must_act_for(who, event.user_id, "body.user_id")
+        shopper = who is not None and who.user_id is not None
+        try:
+            return await service.record_event(event, sender=None if who is None else who.sender,
+                                              catalogue_only=shopper)
+        except UnknownItem as err:
+            raise RequestValidationError(
+                [{"loc": ("body", "item_id"), "msg": str(err), "type": "value_error"}]
+            ) from None
 
     return router
 
@@ -144,13 +191,21 @@ def build_fastapi_app(
     if api_docs is None:
         api_docs = bool(getattr(getattr(gateway, "settings", None), "api_docs", True))
     docs = DOCS_URLS if api_docs else dict.fromkeys(DOCS_URLS)
-    app = FastAPI(title="aisys recommender", version="1", responses=ERROR_RESPONSES, **docs)
+    # FastAPI's own /docs and /redoc load their assets from a CDN; aisys.serving.api_docs serves them offline.
+    app = FastAPI(title="aisys recommender", version="1", responses=ERROR_RESPONSES,
+                  **{**docs, "docs_url": None, "redoc_url": None})
+    if api_docs:
+        install_offline_docs(app, DOCS_URLS["docs_url"], DOCS_URLS["redoc_url"])
     app.state.service = service
     install_error_handlers(app)
     if gateway is not None:
         gateway.install(app)
         if service.cache is None and getattr(gateway, "cache", None) is not None:
             service.cache = gateway.cache
+    if gateway is not None:
+        from aisys.gateway.session_routes import session_router
+
+        app.include_router(session_router(gateway))
     app.include_router(_recommendations_router(default_k, max_k, gateway))
     app.include_router(_events_router(gateway))
     app.include_router(_admin_router(gateway))

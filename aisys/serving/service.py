@@ -44,6 +44,11 @@ from aisys.serving.telemetry import ServingTelemetry
 
 logger = logging.getLogger(__name__)
 
+
+class UnknownItem(LookupError):
+    """An event names an item the catalogue does not hold (refused for shopper sessions)."""
+
+
 REASON_MODEL_ERROR = "model_error"
 REASON_LATENCY_BUDGET = "latency_budget"
 DEGRADED_REASONS = frozenset({REASON_MODEL_ERROR, REASON_LATENCY_BUDGET})
@@ -115,8 +120,12 @@ class OnlineService:
         scorer: Scorer | None = None,
         cache: ResponseCache | None = None,
         telemetry: ServingTelemetry | None = None,
+        catalogue: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
+        # The operator's catalogue (``aisys.storefront.catalogue.Catalogue``, read through a callable because a
+        # replica loads it after building the service): the only source of an event's category and price.
+        self.catalogue = catalogue or (lambda: None)
         self.event_log = event_log
         self.inventory = inventory
         self.online = online
@@ -204,11 +213,26 @@ class OnlineService:
             self.model_healthy = True
         return rec
 
-    async def record_event(self, event: EventIn) -> EventAccepted:
-        """``POST /events``: log the raw event, then update the shared session."""
+    async def record_event(self, event: EventIn, sender: str | None = None,
+                           catalogue_only: bool = False) -> EventAccepted:
+        """``POST /events``: log the raw event, then update the shared session.
+
+        ``category`` and ``price`` are replaced by the catalogue's (see
+        :func:`event_with_catalogue_attributes`) and ``sender`` is recorded with
+        the event, so one sender's events can be found and purged later.
+        ``catalogue_only`` (shopper sessions) refuses an item the catalogue does
+        not hold with :class:`UnknownItem`.
+        """
+        catalogue = self.catalogue()
+        product = None if catalogue is None else catalogue.get(event.item_id)
+        if catalogue_only and product is None:
+            raise UnknownItem(f"item {ascii(event.item_id[:40])} is not in the catalogue")
+        raw = event_with_catalogue_attributes(event.to_raw_event(), product, sender)
+        # The drift monitor must see the catalogue's price too, not the client's.
+        event = event.model_copy(update={"category": raw["category"], "price": raw["price"]})
         # Log first: if the write fails the request fails, and the session is
         # not ahead of what ingestion will see.
-        await asyncio.to_thread(self.event_log.append, event.to_raw_event())
+        await asyncio.to_thread(self.event_log.append, raw)
         _, applied = await self.store.apply(event.user_id, event.event_id, event.item_id, event.event_type)
         champion = self.models.get(CHAMPION)
         known = champion is not None and champion.recommender.knows(event.item_id)
@@ -252,6 +276,21 @@ class OnlineService:
         """The ``/model`` description of an arm's model (empty when none)."""
         served = self.models.get(arm)
         return served.info if served else ModelOut()
+
+
+def event_with_catalogue_attributes(raw: dict[str, Any], product: Any, sender: str | None) -> dict[str, Any]:
+    """The raw event with ``category``/``price`` from ``product`` (a catalogue ``Product``, or None) and ``sender``.
+
+    Whatever the client sent for category and price is dropped: the catalogue
+    is built from collected events, so a client-chosen price would become the
+    shop's price at the next snapshot. An item the catalogue does not know
+    gets neither (null), never the client's.
+    """
+    out = dict(raw)
+    out["category"] = None if product is None else product.category
+    out["price"] = None if product is None else product.price
+    out["sender"] = sender
+    return out
 
 
 def _response(user_id: str, k: int, rec: Recommendation, arm: Arm, served: ServedModel) -> RecommendationsOut:

@@ -38,6 +38,11 @@ class SessionStoreActor(InMemorySessionStore):
     async def size(self) -> int:
         return len(self.table)
 
+    async def stats(self) -> dict:
+        """Users held, the cap, and users evicted to stay within it (a flood shows here)."""
+        table = self.table
+        return {"users": len(table), "max_users": table.max_users, "evicted": table.evicted}
+
     async def replays(self) -> int:
         """Events recognised as replays (same ``event_id``) and not applied again, since the actor started."""
         return self.table.replays
@@ -63,10 +68,14 @@ class ActorSessionStore(SessionStore):
 
 
 def get_or_create_session_actor(cfg: AppConfig, max_items: int | None = None):
-    """The workspace's session actor, created on first use (race-free: ``get_if_exists``)."""
+    """The workspace's session actor, created on first use (race-free: ``get_if_exists``).
+
+    Its limits (``online.max_history`` items per user, ``online.max_sessions`` users) are fixed when it is
+    created: an actor that outlived a config change keeps the old ones until :func:`drop_session_actor`.
+    """
     return SessionStoreActor.options(
         name=session_actor_name(cfg), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote(max_items or cfg.online.max_history)
+    ).remote(max_items or cfg.online.max_history, cfg.online.max_sessions)
 
 
 def actor_session_store(cfg: AppConfig) -> ActorSessionStore:

@@ -29,6 +29,7 @@ ingestion keeps one row per ``event_id``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -38,6 +39,9 @@ from aisys.features.sequences import user_histories
 
 PURCHASE_EVENT = "purchase"
 DEFAULT_MAX_ITEMS = 200
+# Users kept (cfg.online.max_sessions): anyone can create a user id by posting an event, so the
+# table must not grow with them; the least recently used user goes first.
+DEFAULT_MAX_USERS = 200_000
 # Event ids remembered per user for replay detection. A replay comes within
 # seconds of the original (a load balancer's retry, a client's retry), long
 # before a user posts this many newer events; a small bound keeps the memory
@@ -64,23 +68,54 @@ class SessionTable:
     ids that were bulk-loaded are remembered, so a snapshot seeds the table once.
     ``recent_event_ids`` is how many recorded event ids per user are remembered
     to recognise a replayed event (see the module docstring).
+
+    At most ``max_users`` users are kept: past it, the least recently used
+    (read or written) user is evicted, and answered like a new user until a
+    new event arrives. Each user's entry is bounded too (``max_items`` items,
+    ``recent_event_ids`` ids), so the table's memory is bounded by the cap.
     """
 
-    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS, recent_event_ids: int = RECENT_EVENT_IDS) -> None:
+    def __init__(
+        self,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        recent_event_ids: int = RECENT_EVENT_IDS,
+        max_users: int = DEFAULT_MAX_USERS,
+    ) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         if recent_event_ids < 1:
             raise ValueError(f"recent_event_ids must be >= 1, got {recent_event_ids}")
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {max_users}")
         self.max_items = max_items
         self.recent_event_ids = recent_event_ids
-        self._sessions: dict[str, UserSession] = {}
+        self.max_users = max_users
+        self.evicted = 0  # users dropped to stay within max_users
+        self._sessions: OrderedDict[str, UserSession] = OrderedDict()
         self._recent: dict[str, tuple[str, ...]] = {}  # user -> last recorded event ids, oldest first
         self._snapshots: set[str] = set()
         self.replays = 0  # events recognised as replays and not applied again
 
     def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
-        """Each user's session; :data:`EMPTY_SESSION` for a user never seen."""
-        return [self._sessions.get(user, EMPTY_SESSION) for user in user_ids]
+        """Each user's session; :data:`EMPTY_SESSION` for a user never seen (a read creates nothing)."""
+        found = []
+        for user in user_ids:
+            session = self._sessions.get(user)
+            if session is None:
+                found.append(EMPTY_SESSION)
+            else:
+                self._sessions.move_to_end(user)  # recently used: evicted last
+                found.append(session)
+        return found
+
+    def _put(self, user_id: str, session: UserSession) -> None:
+        """Store ``session`` as the most recently used, evicting the least recently used beyond the cap."""
+        self._sessions[user_id] = session
+        self._sessions.move_to_end(user_id)
+        while len(self._sessions) > self.max_users:
+            gone, _ = self._sessions.popitem(last=False)
+            self._recent.pop(gone, None)
+            self.evicted += 1
 
     def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
         """Apply one event: append the item (every event type enters the sequence, as in training).
@@ -100,8 +135,8 @@ class SessionTable:
         new = UserSession(
             items=(old.items + (item_id,))[-self.max_items :], last_event_id=event_id, purchased=purchased
         )
-        self._sessions[user_id] = new
         self._recent[user_id] = (self._recent.get(user_id, ()) + (event_id,))[-self.recent_event_ids :]
+        self._put(user_id, new)
         return new, True
 
     def is_replay(self, user_id: str, event_id: str) -> bool:
@@ -124,11 +159,11 @@ class SessionTable:
         seeded = 0
         for user, session in sessions.items():
             if user not in self._sessions:
-                self._sessions[str(user)] = UserSession(
+                self._put(str(user), UserSession(
                     items=tuple(session.items)[-self.max_items :],
                     last_event_id=session.last_event_id,
                     purchased=frozenset(session.purchased),
-                )
+                ))
                 seeded += 1
         return seeded
 
@@ -176,8 +211,8 @@ class InMemorySessionStore(SessionStore):
     without awaiting, so calls never interleave.
     """
 
-    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS) -> None:
-        self.table = SessionTable(max_items)
+    def __init__(self, max_items: int = DEFAULT_MAX_ITEMS, max_users: int = DEFAULT_MAX_USERS) -> None:
+        self.table = SessionTable(max_items, max_users=max_users)
 
     async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
         return self.table.get_many(user_ids)

@@ -22,17 +22,27 @@ logger = logging.getLogger(__name__)
 
 STOREFRONT_KEY_ENV = "AISYS_STOREFRONT_KEY"
 MONITOR_TIMEOUT_S = 2.0
+REGISTRY_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 1.0
+# Registry run id -> its metrics. A finished run's metrics never change, so one read per run
+# per replica is enough (the operator view polls).
+_RUN_METRICS: dict[str, dict[str, float]] = {}
 
 
 def load_catalogue(cfg: AppConfig, snapshot_id: str | None) -> Catalogue:
-    """The catalogue of a lake snapshot (the latest when ``snapshot_id`` is None); empty without one."""
+    """The catalogue of a lake snapshot (the latest when ``snapshot_id`` is None) and the lake's
+    product table (``aisys.data.products``); empty without a snapshot."""
     from aisys.data.lake import Lake
+    from aisys.data.products import read_products
 
     lake = Lake.from_config(cfg.paths)
     snapshot_id = snapshot_id or getattr(lake.latest(), "snapshot_id", None)
     if snapshot_id is None:
         return Catalogue()
-    return build_catalogue(lake.read_events(snapshot_id))
+    products = read_products(lake)
+    if products is None:
+        logger.warning("no product table at %s/products: the shop shows bare ids (run `aisys data`)", cfg.paths.lake_uri)
+    return build_catalogue(lake.read_events(snapshot_id), products)
 
 
 def storefront_key(cfg: AppConfig) -> str | None:
@@ -75,35 +85,106 @@ def latest_report_path(status: dict[str, Any] | None) -> Path | None:
     return Path(path) if path and "://" not in path and Path(path).exists() else None
 
 
+def _audit_records(cfg: AppConfig) -> list[dict[str, Any]]:
+    """Every retrain decision the policy wrote to the lake's audit log (all monitors, all restarts)."""
+    from aisys.monitoring.policy import ParquetAuditLog
+
+    import numpy as np
+
+    rows = ParquetAuditLog(cfg.paths.lake_uri).read().to_dict("records")
+    # List columns come back from pandas as arrays; the shaping code expects lists.
+    return [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items()} for row in rows]
+
+
+async def _run_metrics(cfg: AppConfig, run_id: str | None) -> dict[str, float]:
+    """The registry run's metrics (cached: a finished run's metrics do not change); {} when unreadable."""
+    if not run_id:
+        return {}
+    if run_id not in _RUN_METRICS:
+        from aisys.registry.mlflow_registry import run_metrics
+
+        try:
+            _RUN_METRICS[run_id] = await asyncio.wait_for(asyncio.to_thread(run_metrics, cfg, run_id), REGISTRY_TIMEOUT_S)
+        except Exception as err:  # the view must render while the registry is down; say so in the log
+            logger.warning("registry metrics of run %s unavailable: %s", run_id, err)
+            return {}
+    return _RUN_METRICS[run_id]
+
+
+async def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, str | None]:
+    """Whether ``url`` answers with a status below 500, and why not."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
+            response = await client.get(url)
+    except httpx.HTTPError as err:
+        return False, type(err).__name__
+    return (True, None) if response.status_code < 500 else (False, f"HTTP {response.status_code}")
+
+
+async def operator_links(cfg: AppConfig, status: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The UIs an operator wants, each checked now: a link when it answers, a reason when not."""
+    from aisys.storefront.opsdata import link_row
+
+    wanted = [
+        ("Ray dashboard", cfg.serve.ray_dashboard_url, "serve.ray_dashboard_url"),
+        ("MLflow UI", cfg.serve.mlflow_ui_url, "serve.mlflow_ui_url"),
+        ("Grafana", cfg.serve.grafana_url, "serve.grafana_url"),
+    ]
+    answers = await asyncio.gather(*(probe(url) if url else _absent() for _, url, _ in wanted))
+    rows = [link_row(name, url, ok, why, setting) for (name, url, setting), (ok, why) in zip(wanted, answers)]
+    report = latest_report_path(status)
+    rows.append({"name": "Latest drift report (Evidently)", "href": "/admin/reports/drift/latest" if report else None,
+                 "url": None, "ok": report is not None,
+                 "reason": None if report else "no report yet: the drift monitor writes one on drift or on schedule"})
+    return rows
+
+
+async def _absent() -> tuple[bool, str | None]:
+    return False, None
+
+
 async def overview(cfg: AppConfig, service: "OnlineService") -> dict[str, Any]:
-    """The operator view's data: both arms with lineage, retrain decisions, drift, links."""
+    """The operator view's data: both arms with lineage and offline metrics, retrain decisions,
+    drift over time, UI links (traffic is added by the route, which owns the request window)."""
     from aisys.serving.canary import CHALLENGER, CHAMPION
+    from aisys.storefront.opsdata import decision_rows, drift_chart_svg, drift_series, drift_summary, offline_metrics
+    from aisys.storefront.images import svg_data_uri
 
     models = service.models
     status = await monitor_status(cfg)
     stats = (status or {}).get("latest_stats") or {}
-    decisions = [
-        {"time": d.get("at"), "decision": d.get("outcome") or ("retrain" if d.get("retrain") else "none"),
-         "reasons": list(d.get("reasons") or []) + [f"blocked: {b}" for b in d.get("blocked_by") or []]}
-        for d in reversed((status or {}).get("decisions") or [])
-    ]
-    links = {
-        "Latest drift report (Evidently)": "/admin/reports/drift/latest" if latest_report_path(status) else None,
-        "MLflow UI": cfg.serve.mlflow_ui_url,
-        "Ray dashboard": cfg.serve.ray_dashboard_url,
-    }
+    try:
+        records = await asyncio.to_thread(_audit_records, cfg)
+    except Exception as err:  # an unreadable lake must not blank the whole view
+        logger.warning("retrain audit log unreadable: %s", err)
+        records = []
+    # The audit log holds every decision; a monitor that runs without a lake keeps its own last few.
+    records = records or list((status or {}).get("decisions") or [])
+    threshold = cfg.monitor.psi_threshold
+    series = drift_series(records)
+    described = {}
+    for arm in (CHAMPION, CHALLENGER):
+        if arm not in models:
+            described[arm] = None
+            continue
+        info = models[arm].info.model_dump(mode="json")
+        info["metrics"] = offline_metrics(info.get("metrics"), await _run_metrics(cfg, info.get("run_id")))
+        described[arm] = info
     return {
-        "models": {
-            arm: (models[arm].info.model_dump(mode="json") if arm in models else None)
-            for arm in (CHAMPION, CHALLENGER)
-        },
+        "models": described,
         "canary_share": cfg.online.canary_share,
         "health": service.health().model_dump(mode="json"),
-        "decisions": decisions,
+        "decisions": decision_rows(records),
         "drift": {
-            "threshold": cfg.monitor.psi_threshold,
-            "stats": {name: s.get("psi") for name, s in stats.items() if s.get("psi") is not None},
+            "threshold": threshold,
+            "stats": {name: s.get("psi") for name, s in stats.items() if s.get("psi") is not None}
+            or (series[-1]["psi"] if series else {}),
+            "series": series,
+            "chart": svg_data_uri(drift_chart_svg(series, threshold)) if series else None,
+            "summary": drift_summary(series, threshold),
             "monitor": status is not None,
         },
-        "links": links,
+        "links": await operator_links(cfg, status),
     }

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import torch
@@ -43,6 +43,14 @@ class TrainOutcome:
     run_id: str = ""
     model_name: str = ""
     model_version: str = ""
+    # The gate's verdict on this version (a PromotionOutcome) when a face gated it after training
+    # (aisys.pipeline.train_from_lake); None when nobody did.
+    promotion: Any = None
+
+    @property
+    def promoted(self) -> bool | None:
+        """Whether the gate made this version champion (None: not gated)."""
+        return None if self.promotion is None else bool(self.promotion.promoted)
 
 
 def code_version() -> str:
@@ -73,13 +81,22 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def train_and_register(
-    cfg: AppConfig, events: pa.Table, snapshot_id: str, promote: bool = True
+    cfg: AppConfig,
+    events: pa.Table,
+    snapshot_id: str,
+    promote: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
     """Train SASRec on ``events`` (lake snapshot ``snapshot_id``), evaluate it and register it.
 
-    With ``promote`` the new version takes ``cfg.registry.champion_alias``;
-    without, it is registered with no alias (a gate can promote it later).
+    With ``promote`` the new version takes ``cfg.registry.champion_alias`` directly, with no gate (tests and
+    benchmarks that need a champion in one call); without, it is registered with no alias and a gate decides
+    (``aisys train``, the retrain loop). ``on_epoch(row)`` gets each epoch's history row as it finishes
+    (:func:`~aisys.training.ray_train.train_with_ray`); ``on_step(name)`` is told when a step starts
+    (``train``, ``evaluate``, ``register``).
     """
+    step = on_step or (lambda name: None)
     from aisys.registry.mlflow_registry import log_and_register
     from aisys.training.ray_train import train_with_ray
 
@@ -91,7 +108,9 @@ def train_and_register(
             f"snapshot {snapshot_id!r}: no user has the 3 interactions needed for validation and test"
         )
     storage = Path(cfg.paths.workspace) / "ray_results"
-    result = train_with_ray(cfg, split.train, split.valid, vocab, str(storage))
+    step("train")
+    result = train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch)
+    step("evaluate")
 
     model = SASRec(SASRecConfig(**result.model_config))
     model.load_state_dict(result.state_dict)
@@ -133,6 +152,7 @@ def train_and_register(
         **{f"test_{k}": v for k, v in metrics.items()},
         **{f"baseline_{k}": v for k, v in baseline.items()},
     }
+    step("register")
     registered = log_and_register(
         cfg,
         bundle,

@@ -18,11 +18,14 @@ says where its attempt started (``resumed_from_epoch``: -1 for a fresh start).
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,6 +46,8 @@ from aisys.training.split import EvalSet
 _CHECKPOINT_FILE = "train_state.pt"
 SELECT_METRIC = "valid_ndcg@10"
 RESUMED_FROM = "resumed_from_epoch"  # history column: the checkpoint's epoch this attempt started from (-1: none)
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         saved_optimizer = state["optimizer"]
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
@@ -122,6 +127,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 valid_metrics = evaluate(model, valid, config["max_seq_len"], k=10, device=device)
                 metrics.update({f"valid_{k}": v for k, v in valid_metrics.items() if k != "n_users"})
             history.append(metrics)
+            if config.get("progress") is not None:
+                # The driver shows it now (`aisys train`'s bar); Ray Train itself hands metrics back only at the end.
+                try:
+                    config["progress"].put_nowait(dict(metrics))
+                except Exception:  # progress is best effort: never fail an epoch over it
+                    pass
             if validate_now and metrics[SELECT_METRIC] > best["metric"]:
                 best = {"epoch": epoch, "metric": metrics[SELECT_METRIC], "state": cpu_state_dict(model)}
             with tempfile.TemporaryDirectory() as folder:
@@ -153,6 +164,7 @@ def train_with_ray(
     storage_path: str,
     run_name: str | None = None,
     max_failures: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> RayTrainResult:
     """Train SASRec with a TorchTrainer as ``cfg.train`` says; return the best weights and history.
 
@@ -161,13 +173,13 @@ def train_with_ray(
     so does the run itself, up to ``max_failures`` times (default
     ``cfg.train.max_failures``), when a worker fails (``-1``: without limit,
     ``0``: fail at once).
+
+    ``on_epoch(row)`` is called in this (the driver's) process with each epoch's history row as rank 0
+    reports it (from a helper thread, while ``fit()`` runs): how the CLI shows epochs as they finish.
     """
     from aisys.runtime import init_ray
 
     ray = init_ray(cfg)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     if len(eval_split) == 0:
         raise ValueError("eval_split is empty: no user has the 3 interactions needed for validation")
     model_config = SASRecConfig.from_app(cfg, vocab.n_items).to_dict()
@@ -191,7 +203,33 @@ def train_with_ray(
         "loss_horizon": cfg.train.loss_horizon,
         "loss_horizon_weight": cfg.train.loss_horizon_weight,
     }
-    trainer = TorchTrainer(
+    with _epoch_feed(on_epoch) as feed:
+        if feed is not None:
+            loop_config["progress"] = feed
+        result = _trainer(cfg, loop_config, storage_path, run_name, max_failures).fit()
+    if result.error is not None:
+        raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError("Ray Train run reported no checkpoint (train.epochs must be >= 1)")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    best = state["best"]
+    return RayTrainResult(
+        state_dict=best["state"] if best["state"] is not None else state["model"],
+        model_config=state["model_config"],
+        history=state["history"],
+        best_epoch=best["epoch"],
+        checkpoint_path=result.checkpoint.path,
+        run_path=result.path,
+    )
+
+
+def _trainer(cfg: AppConfig, loop_config: dict[str, Any], storage_path: str, run_name: str | None,
+             max_failures: int | None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
@@ -209,19 +247,45 @@ def train_with_ray(
             ),
         ),
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
-    if result.checkpoint is None:
-        raise RuntimeError("Ray Train run reported no checkpoint (train.epochs must be >= 1)")
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    best = state["best"]
-    return RayTrainResult(
-        state_dict=best["state"] if best["state"] is not None else state["model"],
-        model_config=state["model_config"],
-        history=state["history"],
-        best_epoch=best["epoch"],
-        checkpoint_path=result.checkpoint.path,
-        run_path=result.path,
-    )
+
+
+@contextmanager
+def _epoch_feed(on_epoch: Callable[[dict], None] | None) -> Iterator[Any]:
+    """A small Ray queue whose rows (rank 0's, per epoch) reach ``on_epoch`` in the driver while the run lasts.
+
+    Yields the queue for the loop config, or None without ``on_epoch``.
+    """
+    if on_epoch is None:
+        yield None
+        return
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def drain() -> None:
+        while True:
+            try:
+                row = queue.get(timeout=0.5)
+            except Empty:
+                if done.is_set():
+                    return
+                continue
+            except Exception:  # the queue actor is gone (Ray shutting down): progress is best effort
+                return
+            try:
+                on_epoch(row)
+            except Exception:  # a display error must not fail the training run
+                _log.exception("on_epoch callback failed")
+
+    thread = threading.Thread(target=drain, name="aisys-train-progress", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        try:
+            queue.shutdown()
+        except Exception:  # already gone
+            pass

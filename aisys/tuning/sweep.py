@@ -152,19 +152,35 @@ def sasrec_trainable(config: dict[str, Any], data: SweepData) -> None:
     train_trial(config, data, report)
 
 
-def run_sweep(cfg: AppConfig, snapshot_id: str | None = None, *, verbose: int = 1) -> SweepOutcome:
-    """Sweep on a lake snapshot (latest by default) and register the best trial as ``challenger``."""
+TrialEvent = Callable[[dict[str, Any]], None]
+
+
+def run_sweep(
+    cfg: AppConfig, snapshot_id: str | None = None, *, verbose: int = 1, on_trial: TrialEvent | None = None
+) -> SweepOutcome:
+    """Sweep on a lake snapshot (latest by default) and register the best trial as ``challenger``.
+
+    ``on_trial(event)`` is called in this process as trials report and end (see :func:`sweep_events`).
+    """
     from aisys.data.lake import Lake
 
     lake = Lake.from_config(cfg.paths)
     manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()
     if manifest is None:
         raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot yet: run `aisys ingest` first")
-    return sweep_events(cfg, lake.read_events(manifest.snapshot_id), manifest.snapshot_id, verbose=verbose)
+    return sweep_events(cfg, lake.read_events(manifest.snapshot_id), manifest.snapshot_id, verbose=verbose,
+                        on_trial=on_trial)
 
 
-def sweep_events(cfg: AppConfig, events: pa.Table, snapshot_id: str, *, verbose: int = 1) -> SweepOutcome:
-    """Sweep on an events table (from lake snapshot ``snapshot_id``); see the module docstring."""
+def sweep_events(
+    cfg: AppConfig, events: pa.Table, snapshot_id: str, *, verbose: int = 1, on_trial: TrialEvent | None = None
+) -> SweepOutcome:
+    """Sweep on an events table (from lake snapshot ``snapshot_id``); see the module docstring.
+
+    ``on_trial(event)`` (driver side, from a Tune callback) gets ``{"event": "result" | "complete" |
+    "error", "trial_id", "epoch", "<metric>", "finished": trials ended so far, "total": num_samples}``.
+    ``verbose`` is Tune's own console verbosity (0: silent).
+    """
     from aisys.features.sequences import build_vocabulary, user_histories
     from aisys.runtime import init_ray
     from aisys.training.split import leave_last_one_out
@@ -175,14 +191,14 @@ def sweep_events(cfg: AppConfig, events: pa.Table, snapshot_id: str, *, verbose:
     if len(split.valid) == 0:
         raise ValueError(f"snapshot {snapshot_id!r}: no user has the 3 interactions needed for validation and test")
     init_ray(cfg)
-    results = _tune(cfg, SweepData(split.train, split.valid, vocab.n_items), verbose)
+    results = _tune(cfg, SweepData(split.train, split.valid, vocab.n_items), verbose, on_trial)
 
     metric = trial_settings(cfg)["metric"]
     best = results.get_best_result(metric=metric, mode="max", scope="all")
     if best.checkpoint is None:
         raise RuntimeError(f"the best trial ({best.path}) saved no checkpoint")
     with best.checkpoint.as_directory() as folder:
-        best_state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        best_state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     trials = [_trial_summary(result, metric, cfg.tune.max_epochs) for result in results]
     best_summary = next(t for t in trials if t["path"] == best.path)
     parent_run_id = log_sweep(cfg, snapshot_id, trials, best_summary)
@@ -203,7 +219,43 @@ def sweep_events(cfg: AppConfig, events: pa.Table, snapshot_id: str, *, verbose:
     )
 
 
-def _tune(cfg: AppConfig, data: SweepData, verbose: int):
+def _trial_callback(on_trial: TrialEvent, metric: str, total: int):
+    """A Tune callback (it runs in the driver) that forwards trial results and endings to ``on_trial``."""
+    from ray.tune import Callback
+
+    class _Forward(Callback):
+        def __init__(self, forward: TrialEvent) -> None:
+            self.finished: set[str] = set()
+            self.on_trial = forward  # an argument, not a closure: the class itself must pickle without it
+
+        # Tune pickles its callbacks into the experiment state; the display callback (it may hold locks and
+        # consoles) stays behind: a restored sweep simply reports nothing.
+        def __getstate__(self) -> dict:
+            return {"finished": set(self.finished)}
+
+        def __setstate__(self, state: dict) -> None:
+            self.finished, self.on_trial = state["finished"], lambda event: None
+
+        def _send(self, kind: str, trial, result: dict | None = None) -> None:
+            if kind != "result":
+                self.finished.add(trial.trial_id)
+            row = result or {}
+            self.on_trial({"event": kind, "trial_id": trial.trial_id, "epoch": row.get("epoch"),
+                      metric: row.get(metric), "finished": len(self.finished), "total": total})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._send("result", trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._send("complete", trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._send("error", trial)
+
+    return _Forward(on_trial)
+
+
+def _tune(cfg: AppConfig, data: SweepData, verbose: int, on_trial: TrialEvent | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -236,6 +288,7 @@ def _tune(cfg: AppConfig, data: SweepData, verbose: int):
             storage_path=str(Path(cfg.paths.workspace, "ray_results").expanduser().resolve()),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=verbose,
+            callbacks=[_trial_callback(on_trial, settings["metric"], cfg.tune.num_samples)] if on_trial else None,
         ),
     )
     results = tuner.fit()

@@ -10,6 +10,7 @@ because importing the deployment imports Ray Serve.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from aisys.config import AppConfig, config_from_dict
 from aisys.gateway import Gateway, InMemoryKeyStore, InMemoryRateLimiter, create_key
+from aisys.gateway.shopper import ShopperTokens
 from aisys.serving.event_log import InMemoryEventLog
 from aisys.serving.routes import build_fastapi_app
 from aisys.serving.telemetry import install_request_metrics
@@ -70,7 +72,7 @@ def build_full_app(cfg: AppConfig | None = None) -> FullApp:
     cfg = cfg or reliability_config()
     store = InMemoryKeyStore()
     keys = {scope: create_key(store, f"key-{scope}", [scope]) for scope in SCOPE_KEYS}
-    gateway = Gateway(cfg, store, InMemoryRateLimiter())
+    gateway = Gateway(cfg, store, InMemoryRateLimiter(), tokens=ShopperTokens(secrets.token_bytes(32), 3600.0))
     log = InMemoryEventLog()
     service = make_service(event_log=log)
     app = build_fastapi_app(service, default_k=DEFAULT_K, max_k=MAX_K, gateway=gateway)
@@ -82,7 +84,8 @@ def build_full_app(cfg: AppConfig | None = None) -> FullApp:
         return None
 
     install_storefront(app, catalogue=Catalogue, storefront_key=lambda: keys["storefront"],
-                       guard=gateway.require, overview=overview, latest_report=no_report)
+                       guard=gateway.require, overview=overview, latest_report=no_report,
+                       recommend=service.recommend)
     install_request_metrics(app)
     return FullApp(app=app, gateway=gateway, service=service, log=log, keys=keys)
 

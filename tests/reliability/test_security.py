@@ -42,20 +42,23 @@ GUARDED = {
     ("PUT", "/admin/stock"): "admin",
     ("GET", "/admin/counters"): "admin",
     ("GET", "/catalogue"): "storefront",
+    ("GET", "/shop/recommendations/{user_id}"): "recommend",
+    ("POST", "/sessions"): "sessions",
     ("GET", "/admin/overview"): "admin",
     ("GET", "/admin/reports/drift/latest"): "admin",
 }
 # Open on purpose: health, the two pages (they hold no secret; the operator page asks for a key), the redirect,
-# the static assets.
-OPEN = {"/healthz", "/shop", "/ops", "/", "/shop/static"}
+# the static assets, and the route that hands a browser its shopper session (limited per client address).
+OPEN = {"/healthz", "/shop", "/ops", "/", "/shop/static", "/shop/session"}
 # FastAPI's own schema and docs pages: open, and mounted only with gateway.api_docs (true for local development,
 # false on a cluster: serve_configs/cluster.yaml). Listed apart so that either way is a visible decision.
-FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs-assets"}
 SERVE_CLUSTER = Path(__file__).resolve().parents[2] / "serve_configs" / "cluster.yaml"
 
 SAMPLE_BODIES = {
     "/events": {"user_id": "alice", "item_id": "i5", "event_type": "view"},
     "/admin/stock": {"items": {"i1": True}},
+    "/sessions": {"user_id": "alice"},
 }
 
 
@@ -167,10 +170,12 @@ def test_open_routes_answer_without_a_key(full_app: FullApp):
         assert "content-security-policy" in response.headers
     assert client.get("/", follow_redirects=False).headers["location"] == "/shop"
     assert client.get("/shop/static/app.js").status_code == 200
-    # Only the storefront (publishable) key reaches a page; never the admin key.
+    # No key of any scope reaches a page: the shop asks POST /shop/session for a shopper session instead.
     shop = client.get("/shop").text
-    assert full_app.keys["storefront"] in shop
-    assert all(full_app.keys[s] not in shop + client.get("/ops").text for s in ("admin", "recommend", "events"))
+    assert 'name="aisys-key"' not in shop
+    assert all(full_app.keys[s] not in shop + client.get("/ops").text for s in SCOPE_KEYS)
+    minted = client.post("/shop/session")
+    assert minted.status_code == 200 and minted.json()["user_id"].startswith("anon-")
 
 
 def test_the_key_file_holds_only_digests(tmp_path):

@@ -120,7 +120,8 @@ def test_posted_event_is_logged_and_changes_the_next_recommendations(client: Tes
     assert resp.status_code == 202
     assert resp.json() == {"event_id": "e-1", "accepted": True, "known_item": True, "replay": False}
     assert [e["event_id"] for e in log.events] == ["e-1"]
-    assert log.events[0]["item_id"] == top and log.events[0]["price"] == 9.5
+    # The client's price is never adopted: attributes come from the catalogue (none is wired here).
+    assert log.events[0]["item_id"] == top and log.events[0]["price"] is None
     after = client.get("/recommendations/alice", params={"k": MAX_K}).json()
     assert top not in ids(after)  # purchased now
     assert after["items"] != before["items"]

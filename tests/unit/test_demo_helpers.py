@@ -139,3 +139,19 @@ def test_demo_failure_says_what_failed():
     assert problems[0].startswith("9 requests failed after retries (answers: 9 x 401)")
     assert any("GET /recommendations/u0 -> 401" in line for line in problems)
     assert any("events were not accepted" in line for line in problems)
+
+
+def test_the_demo_traffic_reports_progress_up_to_its_total():
+    from fastapi.testclient import TestClient
+
+    from aisys.demo import replay_live_traffic
+
+    clock = FakeClock()
+    app, key = _gateway_app(clock, rate_per_s=100.0, burst=100)
+    seen: list[tuple[int, int]] = []
+    with TestClient(app) as client:
+        replay_live_traffic("http://testserver", _live_table(5), n_requests=4, api_key=key, client=client,
+                            sleep=clock.sleep, on_request=lambda done, total: seen.append((done, total)))
+    assert {total for _, total in seen} == {2 * 5 + 4 + 2}
+    dones = [done for done, _ in seen]
+    assert dones == sorted(dones) and dones[-1] == 16 and len(dones) == 5 + 4 + 1

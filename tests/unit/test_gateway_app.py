@@ -218,13 +218,15 @@ def test_forbidden_requests_do_not_spend_tokens(client, keys):
 
 
 class UnreachableLimiter(RateLimiter):
-    """A limiter whose backend is down, deciding by its fail-open setting."""
+    """A limiter whose backend is down: open = a local per-replica bucket decides, closed = refused."""
 
     def __init__(self, fail_open: bool) -> None:
         self.fail_open = fail_open
 
     def acquire(self, key_id: str, rate: float, burst: int) -> Decision:
-        return Decision(self.fail_open, 0, burst, 0.0, 2.0, error="actor unreachable")
+        if self.fail_open:
+            return Decision(True, burst - 1, burst, 0.0, 0.0, error="actor unreachable", fallback=True)
+        return Decision(False, 0, burst, 0.0, 2.0, error="actor unreachable")
 
 
 def test_limiter_outage_fails_open_or_closed_as_configured(keys):
@@ -232,7 +234,8 @@ def test_limiter_outage_fails_open_or_closed_as_configured(keys):
     open_gw = Gateway(gateway_config(), keys[0], UnreachableLimiter(fail_open=True))
     with TestClient(build_app(open_gw)) as c:
         served = c.get("/recommendations/u1", headers=recs)
-    assert served.status_code == 200 and "x-ratelimit-limit" not in served.headers
+    # Served, and still limited: the local bucket's headers are there.
+    assert served.status_code == 200 and "x-ratelimit-limit" in served.headers
     assert open_gw.counts["rate_limiter_degraded"] == 1
 
     closed_gw = Gateway(gateway_config(), keys[0], UnreachableLimiter(fail_open=False))

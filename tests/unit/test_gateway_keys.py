@@ -71,7 +71,7 @@ def test_a_fresh_store_finds_keys_by_plaintext_and_rejects_others(tmp_path):
 
 
 def test_scope_grants_admin_implies_all_storefront_implies_recommend_and_events():
-    assert granted_scopes(["admin"]) == {"admin", "storefront", "recommend", "events"}
+    assert granted_scopes(["admin"]) == {"admin", "storefront", "recommend", "events", "sessions"}
     assert granted_scopes(["storefront"]) == {"storefront", "recommend", "events"}
     assert granted_scopes(["events"]) == {"events"}
     store = InMemoryKeyStore()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aisys.gateway.ratelimit import Decision, InMemoryRateLimiter, TokenBucket
+from aisys.gateway.ratelimit import Decision, InMemoryRateLimiter, RayRateLimiter, TokenBucket
 
 
 class FakeClock:
@@ -89,3 +89,33 @@ def test_limiter_applies_changed_limits_to_an_existing_bucket():
 def test_invalid_limits_are_refused(rate, burst):
     with pytest.raises(ValueError, match="rate|burst"):
         TokenBucket(rate, burst)
+
+
+def test_an_unreachable_actor_fails_open_to_local_buckets_not_to_unlimited():
+    """Issue 17: one slow call used to lift every limit for retry_every_s; now each replica keeps limiting."""
+    import ray
+
+    assert not ray.is_initialized()  # so every call to the shared actor fails, as when it is down
+    clock = FakeClock()
+    limiter = RayRateLimiter(fail_open=True, retry_every_s=1.0, clock=clock)
+    decisions = [limiter.acquire("k", 1.0, 3) for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert all(d.error and d.fallback for d in decisions) and limiter.errors == 1  # backing off, not retrying
+    assert decisions[-1].headers()["Retry-After"] == "1"
+    clock.now += 1.0
+    assert limiter.acquire("k", 1.0, 3).allowed  # refilled locally; the actor was asked again and failed again
+    assert limiter.errors == 2
+    closed = RayRateLimiter(fail_open=False, clock=clock).acquire("k", 1.0, 3)
+    assert not closed.allowed and not closed.fallback
+
+
+def test_buckets_are_bounded_dropping_full_ones_first():
+    clock = FakeClock()
+    limiter = InMemoryRateLimiter(clock, max_buckets=10)
+    for _ in range(3):
+        limiter.acquire("busy", 0.001, 3)  # emptied, refills slowly: must survive the flood below
+    for n in range(100):
+        limiter.acquire(f"session:{n}", 1.0, 3)
+        clock.now += 1.0  # each session's bucket is full again a second later: those go first
+    assert len(limiter) <= 10
+    assert not limiter.acquire("busy", 0.001, 3).allowed  # not forgotten (forgetting would refill it)
