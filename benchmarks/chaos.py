@@ -5,7 +5,10 @@ one ``CHAOS|fault|observed|lost`` line (``tests.reliability.conftest.report_figu
 tests in a child pytest (``-s``, so the lines reach stdout), collects the lines and prints a Markdown table:
 fault injected, what was observed, requests/rows lost. It exits non-zero when any test failed.
 
-    python benchmarks/chaos.py                 # every fault (~1.5 min on the 2-core box)
+It passes ``--schemathesis-full``: Schemathesis sends its full 10,000+ requests here (~2.5 min), where CI
+(`make test`) sends ~1,000, derandomized too (``tests/reliability/test_schemathesis.py``).
+
+    python benchmarks/chaos.py                 # every fault, Schemathesis at full size (~2.5 min of it)
     python benchmarks/chaos.py --no-ray        # only the faults that need no Ray (the fuzz)
     python benchmarks/chaos.py --json out.json # also write the rows as JSON
 """
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tests = [t for t in FAULT_TESTS if not (args.no_ray and t.split("::")[0] in NEEDS_RAY)]
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *tests],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                           "--schemathesis-full", *tests],
                           cwd=ROOT, capture_output=True, text=True)
     rows = parse_figures(proc.stdout + proc.stderr)
     print(markdown_table(rows))

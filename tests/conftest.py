@@ -1,4 +1,5 @@
-"""Shared fixtures: a small, isolated AppConfig and one real local Ray per session."""
+"""Shared fixtures: a small, isolated AppConfig, one real local Ray per session, and one token-auth
+`ray start --head` per session lent to the tests that drive a separate cluster."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from aisys.config import AppConfig, config_from_dict
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--schemathesis-full", action="store_true", default=False,
+                     help="send the full 10,000+ Schemathesis requests (tests/reliability/test_schemathesis.py); "
+                          "CI sends ~1,000 (benchmarks/chaos.py passes this flag)")
 
 
 def small_config_dict(root: Path) -> dict:
@@ -56,3 +63,42 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+# The shared head is stopped as soon as the last test that needs it is done, not at session end: an idle head
+# (GCS, raylet, dashboard and its agents) would otherwise hold memory and CPU through the rest of the suite.
+_LAST_HEAD_USER = pytest.StashKey[pytest.Item]()
+_SHARED_HEAD = pytest.StashKey[object]()
+
+
+@pytest.fixture(scope="session")
+def shared_token_head(request):
+    """One `ray start --head` with RAY_AUTH_MODE=token for the session (``SharedTokenHead``): each user takes a
+    lease (``token_head`` below, or ``shared_token_head.lease(name)`` in a module-scoped fixture), and every lease
+    ends with the cluster reset (jobs stopped, Serve shut down, actors killed) or the head replaced."""
+    from tests.e2e.cluster_helpers import SharedTokenHead
+
+    session = request.session
+    users = [item for item in session.items if "shared_token_head" in item.fixturenames]
+    if users:
+        session.stash[_LAST_HEAD_USER] = users[-1]
+    head = SharedTokenHead()
+    session.stash[_SHARED_HEAD] = head
+    yield head
+    head.close()
+
+
+@pytest.fixture
+def token_head(shared_token_head, request):
+    """A lease of the session's token-auth head for one test: ``(dashboard_url, env, token)``."""
+    with shared_token_head.lease(request.node.nodeid) as cluster:
+        yield cluster
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        if item.session.stash.get(_LAST_HEAD_USER, None) is item:
+            item.session.stash[_SHARED_HEAD].close()

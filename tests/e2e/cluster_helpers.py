@@ -1,8 +1,10 @@
-"""Helpers shared by the tests that drive real servers: a `ray start --head` node with token auth, `ray job
-submit`, polling a URL, and a small snapshot plus a trained champion for the registry and Serve tests."""
+"""Helpers shared by the tests that drive real servers: a `ray start --head` node with token auth (one per
+session, lent to each test in turn: :class:`SharedTokenHead`), `ray job submit`, polling a URL, and a small
+snapshot plus a trained champion for the registry and Serve tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -11,6 +13,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,15 +25,94 @@ from tests.e2e.conftest import free_port
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-__all__ = ["BIN", "REPO", "free_port", "ray_head", "stop_cluster", "submit", "wait_until", "commit_events",
-           "train_tiny_champion", "tiny_events"]
+__all__ = ["BIN", "REPO", "SharedTokenHead", "TokenHead", "free_port", "ray_head", "start_token_head",
+           "stop_cluster", "submit", "wait_until", "commit_events", "train_tiny_champion", "tiny_events"]
 
 
-@contextmanager
-def ray_head(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str], str]]:
-    """A real head node on explicit ports with RAY_AUTH_MODE=token, the venv first on PATH.
+@dataclass
+class TokenHead:
+    """A running `ray start --head` with RAY_AUTH_MODE=token (see :func:`start_token_head`)."""
 
-    Yields ``(dashboard_url, env, token)``; ``env`` is what a client (`ray job submit`, `serve deploy`) needs.
+    url: str  # the dashboard (job and Serve REST APIs)
+    gcs_address: str
+    env: dict[str, str]  # what a client (`ray job submit`, `serve deploy`, a driver) needs
+    token: str
+    ray_tmp: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/api/gcs_healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        stop_cluster(self.ray_tmp)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+    def alive_actors(self) -> list[dict]:
+        """Every ALIVE actor of the cluster (the state API over HTTP)."""
+        got = httpx.get(f"{self.url}/api/v0/actors", headers=self.headers, timeout=30,
+                        params={"limit": 1000, "detail": "true", "filter_keys": "state",
+                                "filter_predicates": "=", "filter_values": "ALIVE"})
+        got.raise_for_status()
+        return got.json()["data"]["result"]["result"]
+
+    def reset(self, timeout: float = 90) -> None:
+        """Leave the cluster as a fresh one: no running job, no Serve, no actor. Raises when it cannot.
+
+        A lease of :class:`SharedTokenHead` ends with this, whatever its user did or left behind (a job still
+        running, a Serve application, the detached rate-limiter, session or monitor actors of `aisys serve`).
+        """
+        deadline = time.time() + timeout
+        jobs = httpx.get(f"{self.url}/api/jobs/", headers=self.headers, timeout=30).json()
+        running = [job["submission_id"] for job in jobs
+                   if job.get("submission_id") and job["status"] in ("PENDING", "RUNNING")]
+        for job_id in running:
+            httpx.post(f"{self.url}/api/jobs/{job_id}/stop", headers=self.headers, timeout=30)
+
+        def jobs_done() -> bool:
+            listed = httpx.get(f"{self.url}/api/jobs/", headers=self.headers, timeout=30).json()
+            return not [j for j in listed if j.get("submission_id") in running
+                        and j["status"] in ("PENDING", "RUNNING")]
+
+        wait_until(jobs_done, timeout=max(deadline - time.time(), 1), what="the stopped jobs")
+        if any(actor.get("ray_namespace") == "serve" for actor in self.alive_actors()):
+            # `serve shutdown`: applications, proxies and the controller (the next user may pick another port).
+            httpx.delete(f"{self.url}/api/serve/applications/", headers=self.headers, timeout=120)
+        leftovers = [a for a in self.alive_actors() if a.get("ray_namespace") not in _TRANSIENT_NAMESPACES]
+        if leftovers:
+            # Detached actors outlive their job; only a driver can kill them. (An unnamed one cannot be looked
+            # up: the wait below then fails and the lease replaces the head.)
+            names = [[a["name"], a["ray_namespace"]] for a in leftovers if a.get("name")]
+            proc = subprocess.run([str(BIN / "python"), "-c", _KILL_ACTORS, self.gcs_address, json.dumps(names)],
+                                  env=self.env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        wait_until(lambda: self.alive_actors() == [], timeout=max(deadline - time.time(), 1),
+                   what="an empty cluster (no actor alive)", every=1)
+
+
+# Serve's own actors go with `serve shutdown`; a job's supervisor actor exits with its job.
+_TRANSIENT_NAMESPACES = {"serve", "SUPERVISOR_ACTOR_RAY_NAMESPACE"}
+_KILL_ACTORS = """
+import json, sys
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+for name, namespace in json.loads(sys.argv[2]):
+    try:
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    except ValueError:
+        pass  # gone already
+"""
+
+
+def start_token_head(extra_env: dict[str, str] | None = None) -> TokenHead:
+    """Start a real head node on explicit ports with RAY_AUTH_MODE=token, the venv first on PATH.
+
+    The caller stops it (:meth:`TokenHead.stop`); it is stopped here if it never became ready.
     """
     token = secrets.token_hex(16)
     # Ray's unix socket paths must stay under ~107 bytes: pytest's tmp_path is too deep.
@@ -57,17 +139,83 @@ def ray_head(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, dic
         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
         f"--ray-client-server-port={free_port()}",
     ]
+    head = TokenHead(url=f"http://127.0.0.1:{dash}", gcs_address=f"127.0.0.1:{gcs}", env=env, token=token,
+                     ray_tmp=ray_tmp)
     try:
         started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        url = f"http://127.0.0.1:{dash}"
-        headers = {"Authorization": f"Bearer {token}"}
-        wait_until(lambda: httpx.get(f"{url}/api/version", timeout=2, headers=headers).status_code == 200,
+        wait_until(lambda: httpx.get(f"{head.url}/api/version", timeout=2, headers=head.headers).status_code == 200,
                    timeout=60, what="the Ray dashboard")
-        yield url, env, token
+    except BaseException:
+        head.stop()
+        raise
+    return head
+
+
+@contextmanager
+def ray_head(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str], str]]:
+    """A private head node for one test (see :func:`start_token_head`), stopped on exit.
+
+    Yields ``(dashboard_url, env, token)``. Tests that only need *a* token-auth cluster take a lease of the
+    session's shared one instead (the ``token_head`` fixtures of ``tests/conftest.py``): a head costs ~6 s to
+    start and ~3 s to stop, and its first job waits for a fresh job agent and uploads the working dir.
+    """
+    head = start_token_head(extra_env)
+    try:
+        yield head.url, head.env, head.token
     finally:
-        stop_cluster(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        head.stop()
+
+
+class SharedTokenHead:
+    """One token-auth head for the whole test session, lent to one user at a time.
+
+    Each lease gets a healthy head (a dead or unreachable one is replaced first) and ends with
+    :meth:`TokenHead.reset`, so what one user starts or breaks never reaches the next: jobs are stopped, Serve
+    is shut down, detached actors are killed, and a head that cannot be reset is stopped and replaced. Users
+    keep their own Serve ports, job ids and workspaces. :meth:`close` stops the head (session end, or as soon
+    as the last test that needs it is done: see ``tests/conftest.py``).
+    """
+
+    def __init__(self) -> None:
+        self._head: TokenHead | None = None
+        self._leased_by: str | None = None
+        self._close_when_released = False
+        self.starts = 0  # heads started this session (1 unless one had to be replaced)
+
+    @contextmanager
+    def lease(self, user: str) -> Iterator[tuple[str, dict[str, str], str]]:
+        """Yields ``(dashboard_url, env, token)`` as :func:`ray_head` does."""
+        if self._leased_by is not None:
+            raise RuntimeError(f"{user} asked for the shared Ray head while {self._leased_by} holds it")
+        if self._head is not None and not self._head.healthy():
+            self._head.stop()
+            self._head = None
+        if self._head is None:
+            self._head = start_token_head()
+            self.starts += 1
+        self._leased_by = user
+        try:
+            yield self._head.url, self._head.env, self._head.token
+        finally:
+            self._leased_by = None
+            try:
+                self._head.reset()
+            except Exception as err:  # noqa: BLE001 - any failure: the next user gets a new head
+                print(f"\nshared Ray head: reset after {user} failed ({err!r}); stopping it", flush=True)
+                self._head.stop()
+                self._head = None
+            if self._close_when_released:
+                self.close()
+
+    def close(self) -> None:
+        """Stop the head now (or when the current lease ends)."""
+        if self._leased_by is not None:
+            self._close_when_released = True
+            return
+        if self._head is not None:
+            self._head.stop()
+            self._head = None
 
 
 def stop_cluster(ray_tmp: str) -> None:
@@ -87,7 +235,9 @@ def stop_cluster(ray_tmp: str) -> None:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    # A short grace: the GCS server and the autoscaler monitor ignore SIGTERM (measured: still up after 20 s), so
+    # waiting longer only delays the SIGKILL; nothing of a test cluster needs a graceful drain.
+    _, alive = psutil.wait_procs(procs, timeout=3)
     for proc in alive:
         try:
             proc.kill()

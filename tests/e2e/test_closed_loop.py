@@ -155,12 +155,11 @@ def test_shift_is_detected_retrained_promoted_and_served_without_failures(ray_se
           f"retrain {record.seconds}; {len(results)} reads, 0 failed")
 
 
-def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_config, tmp_path):
+def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_config, tmp_path, token_head):
     """On a cluster the same retrain runs as `jobs/retrain.py` through JobSubmissionClient; its outcome comes
     back from the job's logs and the registry shows the promotion."""
     from aisys.monitoring.monitor_actor import DriftMonitor
     from aisys.monitoring.policy import InMemoryAuditLog
-    from tests.e2e.cluster_helpers import ray_head
 
     cfg = small_config
     cfg.train.epochs = 3
@@ -170,10 +169,10 @@ def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_c
     v1 = register_weak_champion(cfg, before, first)
     monitor = DriftMonitor(cfg, build_profile(before.to_pandas(), snapshot_id=first, model_version=v1),
                            audit=InMemoryAuditLog(), link_reports_to_mlflow=False)
-    with ray_head() as (url, _env, token):
-        controller = RetrainController(cfg, submit="job", monitor=monitor, ingest=False, job_address=url,
-                                       job_headers={"Authorization": f"Bearer {token}"}, job_timeout_s=300)
-        record = controller.request_retrain("job-mode check")
+    url, _env, token = token_head  # the session's shared token-auth head (tests/conftest.py)
+    controller = RetrainController(cfg, submit="job", monitor=monitor, ingest=False, job_address=url,
+                                   job_headers={"Authorization": f"Bearer {token}"}, job_timeout_s=300)
+    record = controller.request_retrain("job-mode check")
     assert record.mode == "job" and record.error is None, record.error
     outcome = record.outcome
     assert outcome["promoted"], outcome["reasons"]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import small_config_dict
-from tests.e2e.cluster_helpers import free_port, ray_head, submit, wait_until
+from tests.e2e.cluster_helpers import free_port, submit, wait_until
 from tests.e2e.test_jobs_more import Jobs, JobRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -18,9 +18,9 @@ REPLAYED_EVENTS, EXTRA_REQUESTS = 30, 10
 
 
 @pytest.fixture(scope="module")
-def token_cluster():
-    """A real head node on explicit ports with RAY_AUTH_MODE=token, the venv first on PATH."""
-    with ray_head() as cluster:
+def token_cluster(shared_token_head):
+    """The session's token-auth head (``tests/conftest.py``), held by this module's jobs until its last test."""
+    with shared_token_head.lease(__name__) as cluster:
         yield cluster
 
 

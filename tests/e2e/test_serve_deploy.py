@@ -18,8 +18,7 @@ import yaml
 from aisys.config import config_from_dict
 from aisys.data.lake import Lake
 from tests.conftest import small_config_dict
-from tests.e2e.cluster_helpers import (BIN, REPO, commit_events, free_port, ray_head, tiny_events,
-                                      train_tiny_champion, wait_until)
+from tests.e2e.cluster_helpers import BIN, REPO, commit_events, free_port, tiny_events, train_tiny_champion, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -46,7 +45,7 @@ def test_serve_configs_validate_against_serves_deploy_schema():
     ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
 
 
-def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path):
+def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path, token_head):
     data = small_config_dict(tmp_path)
     cfg = config_from_dict(data, "test_serve_deploy")
     events = tiny_events()
@@ -65,27 +64,27 @@ def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path):
     serve_file = tmp_path / "serve.yaml"
     serve_file.write_text(yaml.safe_dump(serve_config))
 
-    with ray_head() as (url, env, _):
-        deployed = serve_cli(url, env, "deploy", str(serve_file))
-        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
-        try:
-            wait_until(lambda: app_status(url, env) == "RUNNING", timeout=120, what="the aisys application", every=2)
-            base = f"http://127.0.0.1:{port}"
-            health = httpx.get(f"{base}/healthz", timeout=10)
-            assert health.status_code == 200 and health.json()["model_loaded"] is True
-            assert health.json()["model_version"] == registered.version
+    url, env, _ = token_head
+    deployed = serve_cli(url, env, "deploy", str(serve_file))
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    try:
+        wait_until(lambda: app_status(url, env) == "RUNNING", timeout=120, what="the aisys application", every=2)
+        base = f"http://127.0.0.1:{port}"
+        health = httpx.get(f"{base}/healthz", timeout=10)
+        assert health.status_code == 200 and health.json()["model_loaded"] is True
+        assert health.json()["model_version"] == registered.version
 
-            user = events.column("user_id")[0].as_py()
-            got = httpx.get(f"{base}/recommendations/{user}", params={"k": 5}, timeout=30)
-            assert got.status_code == 200, got.text
-            body = got.json()
-            assert body["user_id"] == user and len(body["items"]) == 5
-            assert body["fallback"] is False  # a known user, scored by the deployed model
-            catalogue = set(events.column("item_id").to_pylist())
-            assert {item["item_id"] for item in body["items"]} <= catalogue
-        finally:
-            stopped = serve_cli(url, env, "shutdown", "-y")
-        assert stopped.returncode == 0, stopped.stderr[-2000:]
-        wait_until(lambda: app_status(url, env) is None, timeout=60, what="serve shutdown", every=2)
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"{base}/healthz", timeout=5)
+        user = events.column("user_id")[0].as_py()
+        got = httpx.get(f"{base}/recommendations/{user}", params={"k": 5}, timeout=30)
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["user_id"] == user and len(body["items"]) == 5
+        assert body["fallback"] is False  # a known user, scored by the deployed model
+        catalogue = set(events.column("item_id").to_pylist())
+        assert {item["item_id"] for item in body["items"]} <= catalogue
+    finally:
+        stopped = serve_cli(url, env, "shutdown", "-y")
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    wait_until(lambda: app_status(url, env) is None, timeout=60, what="serve shutdown", every=2)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/healthz", timeout=5)
