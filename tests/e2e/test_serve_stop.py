@@ -1,0 +1,179 @@
+"""`aisys serve` stops cleanly and starts cleanly after an unclean stop (a real process, its own Ray).
+
+Started as a terminal starts it (its own session, so SIGINT keeps its default action; ../shared/STACK.md), then:
+- Ctrl-C (SIGINT to the process group) and SIGTERM (to the process alone, as `docker stop` and systemd send it)
+  each stop the app and every process it started within 15 s;
+- after a SIGKILL of its whole process group with the HAProxy ingress (which used to leave HAProxy holding the
+  port and Ray's agents running), a second `aisys serve` on the same port starts, reaps the leftovers, and serves.
+
+What is left is checked by listing processes (psutil), not by process group: Ray's workers, agents and HAProxy
+run in groups of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from aisys.config import config_from_dict
+from aisys.data.lake import Lake
+from tests.conftest import small_config_dict
+from tests.e2e.cluster_helpers import commit_events, free_port, tiny_events, train_tiny_champion, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STOP_WITHIN_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def served_workspace(tmp_path_factory) -> Path:
+    """A workspace with a registered champion and a config file that serves it on a free port."""
+    root = tmp_path_factory.mktemp("serve-stop")
+    data = small_config_dict(root)
+    data["serve"] = {"port": free_port(), "access_log": False}
+    data["monitor"] = {"enabled": False}
+    cfg = config_from_dict(data, "test_serve_stop")
+    lake = Lake.from_config(cfg.paths)
+    events = tiny_events()
+    snapshot_id = commit_events(lake, events)
+    train_tiny_champion(cfg, lake.read_events(snapshot_id), snapshot_id, epochs=1)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_serve(config: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
+    port = yaml.safe_load(config.read_text())["serve"]["port"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aisys.cli", "serve", "--config", str(config), *(f"--set={o}" for o in overrides)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"`aisys serve` exited {proc.returncode}:\n{proc.stdout.read()[-4000:]}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=180, what="`aisys serve` /healthz")
+    return proc, url
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and every descendant now (Ray's head, workers, agents, replicas, HAProxy)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def still_running(procs: list[psutil.Process]) -> list[str]:
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:100]}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def wait_all_gone(procs: list[psutil.Process], within_s: float) -> list[str]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        alive = still_running(procs)
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return still_running(procs)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_app_and_every_process_it_started(served_workspace, how):
+    proc, url = start_serve(served_workspace)
+    tree = process_tree(proc.pid)
+    assert len(tree) > 5, "Ray's processes should be under `aisys serve`"
+    started = time.monotonic()
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+    else:
+        proc.send_signal(signal.SIGTERM)  # docker stop / systemd: the main process only
+    proc.wait(timeout=60)
+    left = wait_all_gone(tree, max(STOP_WITHIN_S - (time.monotonic() - started), 0.5))
+    took = time.monotonic() - started
+    output = proc.stdout.read()
+    assert left == [], f"left running {took:.1f} s after {how}: {left}\n{output[-3000:]}"
+    assert proc.returncode == 0, output[-3000:]
+    print(f"{how}: {len(tree)} processes stopped in {took:.1f} s")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=2)
+    assert not (Path(yaml.safe_load(served_workspace.read_text())["paths"]["workspace"]) / "run" / "serve.json").exists()
+
+
+def test_after_a_kill_9_of_the_group_the_next_serve_reaps_the_leftovers_and_starts(served_workspace):
+    first, url = start_serve(served_workspace, "serve.ingress=haproxy")
+    tree = process_tree(first.pid)
+    # The run record is refreshed every 0.5 s: wait until it names the whole tree seen now, as it will by the
+    # time anything but a kill in the very first instant arrives.
+    record = Path(yaml.safe_load(served_workspace.read_text())["paths"]["workspace"]) / "run" / "serve.json"
+
+    def recorded() -> set[int]:
+        return {p["pid"] for p in json.loads(record.read_text())["processes"]}
+
+    wait_until(lambda: {p.pid for p in tree} <= recorded() | {first.pid}, timeout=10,
+               what="the run record to list every process")
+    time.sleep(2)  # HAProxy reloads (a new process) as replicas register; the kill then catches all of it
+    tree = process_tree(first.pid)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    time.sleep(1)
+    orphans = still_running(tree)
+    print(f"left by the SIGKILL of the group: {len(orphans)} of {len(tree)} processes")
+    assert orphans, "nothing outlived the group kill: the test no longer exercises the clean-up"
+    # The orphans still answer on the port (HAProxy, proxy and replica survive), so /healthz alone would not
+    # tell the runs apart: the second run has taken over once the record names it as the owner.
+    second = subprocess.Popen(
+        [sys.executable, "-m", "aisys.cli", "serve", "--config", str(served_workspace), "--set=serve.ingress=haproxy"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_until(lambda: record.exists() and json.loads(record.read_text())["owner"]["pid"] == second.pid,
+                   timeout=60, what="the second run to take over the run record")
+        assert still_running(tree) == [], "the second start left the first run's processes running"
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, timeout=180,
+                   what="the second run's /healthz")
+        assert second.poll() is None
+        second_tree = process_tree(second.pid)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    output = second.stdout.read()
+    assert wait_all_gone(second_tree, STOP_WITHIN_S) == [], output[-3000:]
+    assert f"stopped {len(orphans)} processes left by an earlier `aisys serve`" in output or "stopped" in output
+
+
+def test_a_port_held_by_someone_else_is_named_with_the_fix(served_workspace):
+    import socket
+
+    port = yaml.safe_load(served_workspace.read_text())["serve"]["port"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        proc = subprocess.run([sys.executable, "-m", "aisys.cli", "serve", "--config", str(served_workspace)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"port {port} on 127.0.0.1 is held by pid {os.getpid()}" in proc.stderr
+    assert "--set serve.port=" in proc.stderr and "Traceback" not in proc.stderr
