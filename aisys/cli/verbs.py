@@ -85,7 +85,7 @@ def cmd_snapshots(cfg: AppConfig, args: argparse.Namespace) -> int:
     from aisys.data.lake import Lake
 
     table = Table("snapshot", "parent", "source", "input", "clean", "quarantined", "dupes", "total rows")
-    for m in Lake(cfg.paths.lake_uri).list_snapshots():
+    for m in Lake.from_config(cfg.paths).list_snapshots():
         c = m.counts
         dupes = c.get("duplicates_in_batch", 0) + c.get("duplicates_in_lake", 0)
         table.add_row(
