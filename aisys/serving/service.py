@@ -233,7 +233,9 @@ class OnlineService:
         # Log first: if the write fails the request fails, and the session is
         # not ahead of what ingestion will see.
         await asyncio.to_thread(self.event_log.append, raw)
-        _, applied = await self.store.apply(event.user_id, event.event_id, event.item_id, event.event_type)
+        _, applied = await self.store.apply(
+            event.user_id, event.event_id, event.item_id, event.event_type, event.timestamp.timestamp()
+        )
         champion = self.models.get(CHAMPION)
         known = champion is not None and champion.recommender.knows(event.item_id)
         if not applied:

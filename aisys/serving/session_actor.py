@@ -57,8 +57,10 @@ class ActorSessionStore(SessionStore):
     async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
         return await self.handle.get_many.remote(list(user_ids))
 
-    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
-        return await self.handle.apply.remote(user_id, event_id, item_id, event_type)
+    async def apply(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> tuple[UserSession, bool]:
+        return await self.handle.apply.remote(user_id, event_id, item_id, event_type, event_time)
 
     async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
         return await self.handle.bulk_load.remote(dict(sessions), snapshot_id)

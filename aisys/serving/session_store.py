@@ -51,11 +51,14 @@ RECENT_EVENT_IDS = 16
 
 @dataclass(frozen=True)
 class UserSession:
-    """One user's online state: recent item ids (oldest first), last event id, purchased item ids."""
+    """One user's online state: recent item ids (oldest first), last event id, purchased item ids, and the time
+    of the newest event (seconds since the epoch; ``None`` when unknown): the request-time gap a context-aware
+    model needs (:func:`aisys.features.context.seconds_since_last_event`)."""
 
     items: tuple[str, ...] = ()
     last_event_id: str | None = None
     purchased: frozenset[str] = field(default_factory=frozenset)
+    last_event_time: float | None = None
 
 
 EMPTY_SESSION = UserSession()
@@ -117,23 +120,32 @@ class SessionTable:
             self._recent.pop(gone, None)
             self.evicted += 1
 
-    def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+    def record(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> UserSession:
         """Apply one event: append the item (every event type enters the sequence, as in training).
 
         A replay (``event_id`` seen recently for this user) changes nothing and
-        returns the session as it is.
+        returns the session as it is. ``event_time`` (seconds since the epoch) becomes the session's
+        ``last_event_time`` unless the session already holds a later one (events may arrive out of order).
         """
-        return self.apply(user_id, event_id, item_id, event_type)[0]
+        return self.apply(user_id, event_id, item_id, event_type, event_time)[0]
 
-    def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
+    def apply(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> tuple[UserSession, bool]:
         """:meth:`record`, also saying whether the event was applied (False: a replay, nothing changed)."""
         old = self._sessions.get(user_id, EMPTY_SESSION)
         if self.is_replay(user_id, event_id):
             self.replays += 1
             return old, False
         purchased = old.purchased | {item_id} if event_type == PURCHASE_EVENT else old.purchased
+        latest = old.last_event_time
+        if event_time is not None and (latest is None or event_time > latest):
+            latest = float(event_time)
         new = UserSession(
-            items=(old.items + (item_id,))[-self.max_items :], last_event_id=event_id, purchased=purchased
+            items=(old.items + (item_id,))[-self.max_items :], last_event_id=event_id, purchased=purchased,
+            last_event_time=latest,
         )
         self._recent[user_id] = (self._recent.get(user_id, ()) + (event_id,))[-self.recent_event_ids :]
         self._put(user_id, new)
@@ -163,6 +175,7 @@ class SessionTable:
                     items=tuple(session.items)[-self.max_items :],
                     last_event_id=session.last_event_id,
                     purchased=frozenset(session.purchased),
+                    last_event_time=session.last_event_time,
                 ))
                 seeded += 1
         return seeded
@@ -183,13 +196,18 @@ class SessionStore(ABC):
         """Sessions of the given users, in order; an empty session for users never seen."""
 
     @abstractmethod
-    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
+    async def apply(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> tuple[UserSession, bool]:
         """Apply one event to the user's session: the new session, and False when the event was a replay
-        (its ``event_id`` already applied: nothing changed, so nothing downstream should count it again)."""
+        (its ``event_id`` already applied: nothing changed, so nothing downstream should count it again).
+        ``event_time``: the event's time in seconds since the epoch (see :meth:`SessionTable.record`)."""
 
-    async def record(self, user_id: str, event_id: str, item_id: str, event_type: str) -> UserSession:
+    async def record(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> UserSession:
         """Apply one event to the user's session and return the new session."""
-        return (await self.apply(user_id, event_id, item_id, event_type))[0]
+        return (await self.apply(user_id, event_id, item_id, event_type, event_time))[0]
 
     @abstractmethod
     async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
@@ -217,14 +235,32 @@ class InMemorySessionStore(SessionStore):
     async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
         return self.table.get_many(user_ids)
 
-    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str) -> tuple[UserSession, bool]:
-        return self.table.apply(user_id, event_id, item_id, event_type)
+    async def apply(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> tuple[UserSession, bool]:
+        return self.table.apply(user_id, event_id, item_id, event_type, event_time)
 
     async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
         return self.table.bulk_load(sessions, snapshot_id)
 
     async def has_snapshot(self, snapshot_id: str) -> bool:
         return self.table.has_snapshot(snapshot_id)
+
+
+def _epoch_seconds(value) -> float | None:
+    """A lake timestamp (a ``datetime`` from ``to_pylist``, or an int in the schema's unit) in epoch seconds."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        if value.tzinfo is None:
+            from datetime import timezone
+
+            value = value.replace(tzinfo=timezone.utc)  # lake timestamps are UTC
+        return float(value.timestamp())
+    from aisys.schemas import TIMESTAMP_TYPE
+
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[TIMESTAMP_TYPE.unit]
+    return float(value) / per_second
 
 
 def sessions_from_events(events: pa.Table, item_index: Mapping[str, int]) -> dict[str, UserSession]:
@@ -257,6 +293,7 @@ def sessions_from_events(events: pa.Table, item_index: Mapping[str, int]) -> dic
             items=tuple(id_of[i] for i in histories.get(user, [])),
             last_event_id=last[user][1],
             purchased=frozenset(purchased.get(user, ())),
+            last_event_time=_epoch_seconds(last[user][0][0]),
         )
         for user in last
     }

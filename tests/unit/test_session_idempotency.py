@@ -90,3 +90,30 @@ def test_a_replayed_post_over_http_appends_once_and_ingest_keeps_one_row():
     clean, quarantine = validate_events(pa.Table.from_pylist(log.events), RULES)
     unique, in_batch, _ = dedupe_events(clean)
     assert quarantine.num_rows == 0 and unique.num_rows == 1 and in_batch == 1
+
+
+def test_session_keeps_the_newest_event_time_even_when_events_arrive_out_of_order():
+    table = SessionTable()
+    assert table.record("u1", "e1", "i1", "view", 1_000.0).last_event_time == 1_000.0
+    assert table.record("u1", "e2", "i2", "view", 900.0).last_event_time == 1_000.0  # late arrival
+    assert table.record("u1", "e3", "i3", "view", 1_500.5).last_event_time == 1_500.5
+    assert table.record("u1", "e4", "i4", "view").last_event_time == 1_500.5  # no time: keeps the last known
+
+
+def test_sessions_seeded_from_a_snapshot_carry_the_users_newest_event_time():
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from aisys.schemas import TIMESTAMP_TYPE
+    from aisys.serving.session_store import sessions_from_events
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t1 = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    events = pa.table({
+        "user_id": ["u1", "u1"], "item_id": ["a", "b"], "event_type": ["view", "view"],
+        "event_id": ["e1", "e2"], "timestamp": pa.array([t1, t0], type=TIMESTAMP_TYPE),
+    })
+    sessions = sessions_from_events(events, {"a": 1, "b": 2})
+    assert sessions["u1"].last_event_time == t1.timestamp()
+    assert SessionTable().bulk_load(sessions, "s1") == 1
