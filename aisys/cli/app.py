@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         add_verb_arguments(name, p)
     from aisys.gateway.cli_verbs import register as register_keys
-    from aisys.registry.cli_verbs import register as register_registry
+    from aisys.cli.model_verbs import register as register_registry
 
     register_registry(sub, _common)  # tune, promote, rollback
     register_keys(sub, _common)  # keys create|list|revoke
