@@ -36,6 +36,11 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+## Everything but the tests marked `slow` (each over ~20 s: their own Ray or server, job chains, Ray Train runs),
+## for local iteration; CI (`make test`) runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 ## Re-pin every dependency from the current venv.
 lock: $(STAMP)
 	(echo "# Exact versions CI installs (pip freeze of a venv where the whole suite passed). Regenerate: make lock"; \

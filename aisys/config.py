@@ -54,6 +54,14 @@ class PathsConfig(_Section):
         ),
     )
     s3_region: str | None = Field(None, description="Region of the s3:// bucket(s); None = the AWS SDK's default chain.")
+    collector_uri: str | None = Field(
+        None,
+        description=(
+            "Where the HTTP collector puts accepted events. None = daily JSONL files in <workspace>/collector "
+            "(one machine: fastest); a path or s3:// URI (e.g. <lake_uri>/collector) = immutable batch objects "
+            "written before the 202, readable from every node (a cluster)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _derive_and_absolutise(self) -> "PathsConfig":
@@ -65,6 +73,8 @@ class PathsConfig(_Section):
             "mlflow_artifact_uri": _absolute(self.mlflow_artifact_uri or f"{ws}/mlartifacts"),
             "cache_dir": _absolute(self.cache_dir or f"{ws}/cache"),
         }
+        if self.collector_uri:
+            values["collector_uri"] = _absolute(self.collector_uri.rstrip("/"))
         for key, value in values.items():
             object.__setattr__(self, key, value)  # bypass validate_assignment: no recursion
         if self.s3_endpoint_url is not None:
@@ -153,12 +163,84 @@ class FeaturesConfig(_Section):
     )
 
 
+class StagesConfig(_Section):
+    """The multi-stage model's candidate generators and their blend (``model.kind: multistage``).
+
+    Each generator scores every item; the blend is a weighted sum of their per-user z-scores, with one weight
+    vector per "gap bucket" (seconds from the user's newest event to the request). The weights and the bucket
+    threshold are tuned on the validation window at every training (docs/training.md); a generator or bucket is
+    kept only if it gains ``min_gain`` valid NDCG@10. Defaults are what ML-100K leave-one-out valid chose.
+    """
+
+    ease: bool = Field(True, description="EASE (closed-form item-item autoencoder) as a generator.")
+    ease_l2: float = Field(300.0, gt=0, description="EASE's L2 strength.")
+    ease_input_decay: float = Field(
+        1.0, gt=0, le=1, description="EASE input weight of the k-th newest history item: decay**k (1: all equal)."
+    )
+    ease_half_life_days: float | None = Field(
+        None, gt=0, description="Weigh each train interaction 0.5**(age/half-life) in EASE's Gram matrix (None: 1)."
+    )
+    slit: bool = Field(True, description="SLIT (closed-form 'what comes next after the last items') as a generator.")
+    slit_l2: float = Field(100.0, gt=0, description="SLIT's L2 strength.")
+    slit_window: int = Field(40, ge=1, description="Last items SLIT maps to the next one.")
+    recent_popularity: bool = Field(True, description="Recent popularity (counts decayed by age) as generators.")
+    recent_half_lives_days: list[float] = Field(
+        default_factory=lambda: [1.0, 3.0],
+        description="One recent-popularity generator per half-life (days); the blend weighs each per gap bucket.",
+    )
+    title: bool = Field(
+        True, description="Title-word similarity to the user's recent items; off by itself when no titles exist."
+    )
+    title_window: int = Field(20, ge=1, description="Newest history items the title similarity looks at.")
+    title_decay: float = Field(0.9, gt=0, le=1, description="Weight of the k-th newest item in the title similarity.")
+    gap_thresholds_s: list[float] = Field(
+        default_factory=lambda: [3_600.0, 86_400.0, 604_800.0],
+        description="Candidate gap thresholds (seconds): users past the chosen one get their own weights.",
+    )
+    weight_grid: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0],
+        description="Weights the coordinate search tries for each generator (SASRec's is 1 meanwhile).",
+    )
+    sasrec_weight_grid: list[float] = Field(
+        default_factory=lambda: [1.0, 0.75, 0.5, 0.3, 0.2, 0.1], description="SASRec's own weights, tried last."
+    )
+    min_gain: float = Field(
+        0.002, ge=0, description="Valid NDCG@10 a generator or the gap bucket must add to be kept."
+    )
+    max_dense_items: int = Field(
+        20_000, ge=1, description="EASE, SLIT and the title similarity are (items x items) matrices: off above this."
+    )
+
+    @model_validator(mode="after")
+    def _valid_grids(self) -> "StagesConfig":
+        if any(h <= 0 for h in self.recent_half_lives_days):
+            raise ValueError(f"model.stages.recent_half_lives_days must be > 0, got {self.recent_half_lives_days}")
+        if any(b <= a for a, b in zip(self.gap_thresholds_s, self.gap_thresholds_s[1:])) or any(
+            t <= 0 for t in self.gap_thresholds_s
+        ):
+            raise ValueError(
+                f"model.stages.gap_thresholds_s must be positive and increasing, got {self.gap_thresholds_s}"
+            )
+        if not self.weight_grid or any(w < 0 for w in self.weight_grid):
+            raise ValueError(f"model.stages.weight_grid must be non-empty and >= 0, got {self.weight_grid}")
+        if not self.sasrec_weight_grid or any(w <= 0 for w in self.sasrec_weight_grid):
+            raise ValueError(
+                f"model.stages.sasrec_weight_grid must be non-empty and > 0, got {self.sasrec_weight_grid}"
+            )
+        return self
+
+
 class ModelConfig(_Section):
-    kind: Literal["sasrec"] = "sasrec"
-    embedding_dim: int = Field(64, ge=4)
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    kind: Literal["multistage", "sasrec"] = Field(
+        "multistage",
+        description="'multistage': SASRec plus the closed-form generators of model.stages, blended per request-time "
+        "gap (what aisys train registers and serves); 'sasrec': SASRec alone (benchmarks, comparison).",
+    )
+    embedding_dim: int = Field(64, ge=4, description="SASRec's item embedding and hidden size.")
+    n_layers: int = Field(2, ge=1, description="SASRec's transformer blocks.")
+    n_heads: int = Field(2, ge=1, description="Attention heads per block (must divide embedding_dim).")
+    dropout: float = Field(0.2, ge=0, lt=1, description="SASRec's dropout.")
+    stages: StagesConfig = Field(default_factory=StagesConfig, description="The multi-stage generators and blend.")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "ModelConfig":
@@ -223,18 +305,33 @@ class ServeConfig(_Section):
     min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
     max_replicas: int = Field(2, ge=1, description="Autoscaling: most replicas.")
     target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica to aim for.")
+    # Deployment options `aisys serve` and the generated Serve YAMLs share (aisys.serving.serve_yaml).
+    upscale_delay_s: float = Field(30.0, ge=0, description="Autoscaling: load stays high this long before a replica is added.")
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Autoscaling: load stays low this long before a replica goes (a model reload is not free)."
+    )
+    downscaling_factor: float | None = Field(
+        None, gt=0, le=1, description="Autoscaling: multiplier on each scale-down step (<1: gently); None = Serve's 1."
+    )
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves: one torch thread (train.torch_threads).")
+    replica_memory_mb: int | None = Field(None, ge=1, description="Memory each replica reserves when scheduled; None: none.")
+    max_batch_size: int = Field(32, ge=1, description="Requests scored in one forward pass (@serve.batch; user_config).")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill (user_config).")
     require_recorded_promotion: bool = Field(
-        False,
-        description="Serve a champion only if the gate's promotion history (registered-model tag "
-        "aisys.champion_history, written by `aisys promote`/make_champion) holds its version: a hand-moved alias is "
-        "refused (at start the replica fails; when followed, the current model keeps serving). Off by default "
-        "because `aisys train` sets the first champion directly; turn it on once promotions go through the gate.",
+        True,
+        description="Serve a champion only if it is the last version of the registered-model tag "
+        "aisys.champion_history, which every champion change aisys makes writes first (the gate's promotions, "
+        "`aisys rollback`, registering with alias=champion): an alias moved by hand in MLflow is refused (a "
+        "starting replica fails; a running one keeps its model, logs it and counts "
+        "aisys_champion_refused_total). Turn off only for a registry whose champions are moved by other tools.",
     )
     ingress: Literal["proxy", "direct", "haproxy"] = Field(
-        "proxy",
-        description="HTTP ingress of a Ray that init_ray starts: 'proxy' (Serve's Python proxy), 'direct' (replicas "
-        "listen themselves), 'haproxy' (Ray's bundled HAProxy, which retries idempotent requests on another replica "
-        "when one dies). On a cluster this is the `ray start` environment instead (docs/serving.md).",
+        "haproxy",
+        description="HTTP ingress of a Ray that init_ray starts: 'haproxy' (the default: Ray's bundled HAProxy on "
+        "serve.port in front of the replicas' own ports; it retries idempotent requests on another replica when one "
+        "dies, and was the fastest safe choice measured, docs/serving.md Benchmarks), 'proxy' (Serve's Python proxy), "
+        "'direct' (replicas listen on ports of their own; serve.port still goes through the proxy). On a cluster this "
+        "is the `ray start` environment instead (docs/serving.md).",
     )
 
     @model_validator(mode="after")
@@ -271,6 +368,14 @@ class GatewayConfig(_Section):
     rate_limit_fail_open: bool = Field(
         True, description="Serve requests (true) or answer 503 (false) while the limiter actor is unreachable."
     )
+    rate_limit_lease_max_tokens: int = Field(
+        64, ge=1,
+        description="Tokens a replica leases at once from the shared limiter actor and spends without a round trip "
+        "(at most 1/8 of a key's burst; 1: ask the actor on every request). See docs/serving.md, Request path.",
+    )
+    rate_limit_lease_ttl_s: float = Field(
+        1.0, gt=0, description="Leased tokens not spent within this long are dropped (never returned, never saved)."
+    )
     keys_reload_s: float = Field(1.0, ge=0, description="How often a server re-checks the key file (revocations).")
     cache_ttl_s: float = Field(30.0, ge=0, description="Recommendation response cache TTL (0 disables).")
     cache_max_entries: int = Field(100_000, ge=1)
@@ -288,6 +393,12 @@ class GatewayConfig(_Section):
     )
     shopper_session_ttl_s: float = Field(
         3600.0, gt=0, le=30 * 86400, description="Lifetime of a shopper session token (seconds)."
+    )
+    session_revocations_file: str | None = Field(
+        None,
+        description="JSON list of shopper sessions revoked before they expire (`aisys sessions revoke`, "
+        "DELETE /admin/sessions/{sid}), re-read every keys_reload_s; each entry is dropped once no token of its "
+        "session can be alive (shopper_session_ttl_s). Default: 'session-revocations.json' beside keys_file.",
     )
     shopper_rate_limit_per_s: float = Field(5.0, gt=0, description="Refill rate of each shopper session's bucket.")
     shopper_rate_limit_burst: int = Field(20, ge=1, description="Bucket size of each shopper session.")
@@ -346,8 +457,22 @@ class OnlineConfig(_Section):
         description="Users kept in the session store; beyond it the least recently used user's session is evicted "
         "(their next request falls back to the snapshot-free cold start). Bounds the store's memory.",
     )
+    session_sync_every_s: float = Field(
+        0.1, ge=0,
+        description="With the shared session actor, each replica reads sessions from a local copy and asks the actor "
+        "for the sessions changed since its last sync this often: an event posted to one replica is seen on another "
+        "at most this long (plus one actor call) later, and at once on the same replica. 0: no copy, every read asks "
+        "the actor (docs/serving.md, Session store).",
+    )
     stock_file: str | None = Field(
         None, description="JSON file of out-of-stock items shared by replicas; default <workspace>/online/stock.json."
+    )
+    stock_backend: Literal["file", "actor"] = Field(
+        "file",
+        description=(
+            "How replicas share stock: 'file' = online.stock_file on this host's disk (one machine); 'actor' = one "
+            "named Ray actor on the head node, kept in <lake_uri>/online/stock.json (a cluster)."
+        ),
     )
     retrieval: Literal["exact", "ivf_flat"] = Field(
         "ivf_flat",

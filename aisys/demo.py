@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -37,11 +36,10 @@ def split_live_tail(events: pa.Table, n_live: int) -> tuple[pa.Table, pa.Table]:
 
 
 def latency_percentiles(latencies_s: list[float]) -> dict[str, float]:
-    """p50/p90/p99 in milliseconds (NaN when nothing was measured)."""
-    if not latencies_s:
-        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan")}
-    ms = np.asarray(latencies_s) * 1000.0
-    return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)}
+    """p50/p90/p99 in milliseconds (NaN when nothing was measured): the shared helper, :mod:`aisys.loadgen.stats`."""
+    from aisys.loadgen.stats import QUANTILES, percentile
+
+    return {f"p{q}_ms": float("nan") if not latencies_s else percentile(latencies_s, q) * 1000.0 for q in QUANTILES}
 
 
 def _port_is_free(host: str, port: int) -> bool:

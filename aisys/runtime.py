@@ -48,6 +48,13 @@ PRIVATE_RAY_ENV = {
 # session store (aisys.serving.session_store) and at ingest.
 HAPROXY_RETRY_ON = "conn-failure empty-response junk-response response-timeout"
 HAPROXY_RETRIES = 3
+# How long a stopping replica keeps its direct-ingress port open so a load balancer in front can stop sending to
+# it. Ray's default, 30 s, is for external balancers (an ALB's deregistration delay); the bundled HAProxy is
+# told of a stopping replica by Serve's controller and reloads within a second or two, and whatever still
+# reaches a closed port is a `conn-failure`, which it replays on another replica. 30 s made every Ctrl-C of
+# `aisys serve` with HAProxy take over 30 s ("Controller failed to shut down within 30.0s"); the stop target is
+# 15 s (issue 15).
+HAPROXY_REPLICA_DRAIN_S = 2
 
 INGRESS_ENV: dict[str, dict[str, str]] = {
     # Serve's Python proxy on each node (Ray's default).
@@ -59,6 +66,7 @@ INGRESS_ENV: dict[str, dict[str, str]] = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
         "RAY_SERVE_HAPROXY_RETRIES": str(HAPROXY_RETRIES),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(HAPROXY_REPLICA_DRAIN_S),
     },
 }
 

@@ -7,11 +7,14 @@ with one worker and ``train.torch_threads`` threads:
 - **Ray Train**: ``aisys.training.ray_train.train_with_ray`` (the production
   path: a TorchTrainer running ``train_loop_per_worker``), which reports each
   epoch's training seconds (``epoch_s``, validation excluded);
-- **plain torch**: the same calls in this process: ``training_examples``,
-  ``_epoch_rows``, ``iterate_batches``, ``train_epoch``, ``torch.optim.Adam``.
+- **plain torch**: the same fit in this process: ``aisys.training.fit.fit_sasrec``
+  (what each Ray Train worker runs) with the worker's rows (``_epoch_rows``) and
+  no validation.
 
 The first epoch of each side is a warm-up and is not counted. Plain torch runs half
-its epochs before Ray Train and half after (the box is shared: load drifts). It prints
+its epochs before Ray Train and half after (the box is shared: load drifts), the
+second half resumed from the first half's state (the fit's ``resume``, as Ray
+Train's fault tolerance uses it). It prints
 windows/s per side and the ratio (Ray / plain; the target is >= 0.9), plus
 Ray Train's whole ``fit()`` wall time (setup included).
 
@@ -39,17 +42,17 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is a warm-up)")
 
-    import torch
+    from dataclasses import replace
 
     from aisys.config import load_config
-    from aisys.evaluation.protocol import leave_one_out_tasks
+    from aisys.evaluation.protocol import EvalSet, leave_one_out_tasks
     from aisys.evaluation.runner import ML100K_PRESET, load_movielens_interactions
     from aisys.features.sequences import Vocabulary
-    from aisys.models.sasrec import SASRec, SASRecConfig
+    from aisys.models.sasrec import SASRecConfig
     from aisys.runtime import init_ray
-    from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
+    from aisys.training.fit import FitSettings, fit_sasrec
+    from aisys.training.loop import training_examples
     from aisys.training.ray_train import _epoch_rows, train_with_ray
-    from aisys.training.split import EvalSet
 
     workspace = tempfile.mkdtemp(prefix="aisys-throughput-")
     overrides = [*ML100K_PRESET, f"train.epochs={args.epochs}", f"paths.workspace={workspace}", *args.overrides]
@@ -63,30 +66,29 @@ def main() -> None:
     inputs, targets = training_examples(valid.train, cfg.features.max_seq_len)
     t = cfg.train
 
-    # Plain torch: the worker's calls, in this process. Half its epochs run before Ray
-    # Train and half after, so a change in the shared box's load hits both sides alike.
-    torch.set_num_threads(t.torch_threads)
-    seed_everything(t.seed)
-    model = SASRec(SASRecConfig.from_app(cfg, vocab.n_items))
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    plain = []
+    # Plain torch: the worker's fit, in this process. Half its epochs run before Ray Train
+    # and half after (resumed), so a change in the shared box's load hits both sides alike.
+    settings = FitSettings.from_config(cfg)
+    model_config = SASRecConfig.from_app(cfg, vocab.n_items)
+    plain: list[float] = []
+    saved = []
 
-    def plain_epochs(epochs: range) -> None:
-        for epoch in epochs:
-            started = time.perf_counter()
-            rows = _epoch_rows(len(inputs), 0, 1, t.seed + epoch)
-            batches = iterate_batches(inputs[rows], targets[rows], t.batch_size, seed=t.seed + epoch)
-            train_epoch(model, batches, optimizer, horizon=t.loss_horizon, horizon_weight=t.loss_horizon_weight)
-            plain.append(time.perf_counter() - started)
+    def plain_epochs(epochs: int, resume=None) -> None:
+        def keep(end) -> None:
+            plain.append(end.row["epoch_s"])
+            saved[:] = [end.checkpoint()]
+
+        fit_sasrec(model_config, replace(settings, epochs=epochs), inputs, targets, on_epoch=keep, resume=resume,
+                   epoch_rows=lambda epoch: _epoch_rows(len(inputs), 0, 1, settings.seed + epoch))
 
     before = (t.epochs + 1) // 2
-    plain_epochs(range(before))
+    plain_epochs(before)
     init_ray(cfg)
     started = time.perf_counter()
     result = train_with_ray(cfg, valid.train, eval_set, vocab, str(Path(workspace) / "ray_results"), "throughput")
     fit_seconds = time.perf_counter() - started
     ray_epochs = [row["epoch_s"] for row in result.history]
-    plain_epochs(range(before, t.epochs))
+    plain_epochs(t.epochs, resume=saved[0])
 
     windows = len(inputs)
     plain_rate = windows / float(np.mean(plain[1:]))

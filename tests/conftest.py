@@ -1,9 +1,11 @@
-"""Shared fixtures: a small, isolated AppConfig, one real local Ray per session, and one token-auth
-`ray start --head` per session lent to the tests that drive a separate cluster."""
+"""Shared fixtures: a small, isolated AppConfig, one real local Ray per session, one token-auth
+`ray start --head` per session lent to the tests that drive a separate cluster, and one migrated MLflow
+database per session copied into every workspace that needs an empty one."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,36 @@ def small_config_dict(root: Path) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite database with every schema migration applied, made once per session.
+
+    MLflow migrates a new SQLite database on first use: ~3 s of CPU (6 s of wall time on a busy 2-core machine)
+    against ~0.1 s to open a copy of a migrated one. Dozens of tests each start from an empty registry, so they
+    start from a copy of this file (:func:`seed_mlflow_db`) instead of paying the migration again. The test that
+    runs the app exactly as a user does (`tests/e2e/test_demo.py`) still starts without one.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    path = folder / "mlflow.db"
+    # Creating the store creates the tables (tracking and model registry share one schema) and the Default
+    # experiment; aisys logs into its own experiment, created per workspace with that workspace's artifact root.
+    SqlAlchemyStore(f"sqlite:///{path}", (folder / "unused-artifacts").as_uri())
+    return path
+
+
+def seed_mlflow_db(template: Path, db_path: Path) -> Path:
+    """Put a copy of the migrated empty database (``mlflow_db_template``) at ``db_path``; returns ``db_path``."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db_path)
+    return db_path
+
+
 @pytest.fixture
-def small_config(tmp_path: Path) -> AppConfig:
+def small_config(tmp_path: Path, mlflow_db_template: Path) -> AppConfig:
+    """:func:`small_config_dict` under ``tmp_path``, its MLflow database already migrated (empty)."""
+    seed_mlflow_db(mlflow_db_template, tmp_path / "mlflow.db")
     return config_from_dict(small_config_dict(tmp_path), "tests")
 
 
@@ -102,3 +132,31 @@ def pytest_runtest_teardown(item, nextitem):
     finally:
         if item.session.stash.get(_LAST_HEAD_USER, None) is item:
             item.session.stash[_SHARED_HEAD].close()
+
+
+# `slow` marks the tests that take more than ~SLOW_AFTER_S on the 2-core CI machine (their own Ray or server in a
+# subprocess, a job chain, Ray Train runs): `make test-fast` deselects them for local iteration, CI runs everything.
+# So that the marker keeps meaning that, the run ends by naming every test over the limit that is not marked (a
+# hint, never a failure: timings on a shared machine are no assertion).
+SLOW_AFTER_S = 20.0
+_SLOW_ITEMS = pytest.StashKey[set]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    config.stash[_SLOW_ITEMS] = {item.nodeid for item in items if item.get_closest_marker("slow")}
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration
+    marked = config.stash.get(_SLOW_ITEMS, set())
+    unmarked = sorted(((s, nodeid) for nodeid, s in seconds.items() if s > SLOW_AFTER_S and nodeid not in marked),
+                      reverse=True)
+    if unmarked:
+        terminalreporter.write_sep("-", f"over {SLOW_AFTER_S:.0f} s but not marked slow (`make test-fast` runs them)")
+        for s, nodeid in unmarked:
+            terminalreporter.write_line(f"{s:6.1f}s {nodeid}")

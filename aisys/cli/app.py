@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     from aisys.cli.model_verbs import register as register_registry
 
     register_registry(sub, _common)  # tune, promote, rollback
-    register_keys(sub, _common)  # keys create|list|revoke
+    register_keys(sub, _common)  # keys create|list|revoke, sessions revoke|list
+    from aisys.serving.cli_verbs import register as register_deploy_config
+
+    register_deploy_config(sub, _common)  # deploy-config --write|--check
     return parser
 
 

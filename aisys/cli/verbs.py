@@ -179,8 +179,14 @@ def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         except LookupError as missing:
             raise LookupError(f"no {cfg.registry.champion_alias!r} model to serve ({missing}): "
                               "run `aisys train` first") from missing
+        import asyncio
+
+        from aisys.serving.deployment import check_promotion_recorded
+
+        # Likewise a champion aisys did not record (an alias moved by hand): one line now, exit 1.
+        asyncio.run(check_promotion_recorded(cfg, cfg.registry.champion_alias, None))
     if cfg.gateway.auth:
-        from aisys.gateway.keys import dev_keys_path, ensure_dev_keys
+        from aisys.gateway.dev_keys import dev_keys_path, ensure_dev_keys
 
         if ensure_dev_keys(cfg):
             console.print(f"created local dev API keys (admin + storefront) in {dev_keys_path(cfg)}")
@@ -318,7 +324,7 @@ def _print_training(outcome) -> None:
     from rich.table import Table
 
     table = Table("model", "HR@10", "NDCG@10", "MRR@10", title="test metrics (leave-last-one-out)")
-    for name, metrics in (("sasrec", outcome.metrics), ("popularity", outcome.baseline_metrics)):
+    for name, metrics in ((outcome.bundle.model_kind, outcome.metrics), ("popularity", outcome.baseline_metrics)):
         table.add_row(name, *(f"{metrics.get(k, float('nan')):.4f}" for k in ("hr@10", "ndcg@10", "mrr@10")))
     console = out()
     console.print(table)

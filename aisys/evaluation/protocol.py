@@ -21,13 +21,20 @@ Two splits, each giving a *valid* task (tune on it) and a *test* task:
 A task's ``train`` is exactly what a model is fit on, and each evaluated
 user's known history (excluded from ranking, and the sequential model's input)
 is their ``train`` sequence.
+
+Training (``aisys train``, Tune trials) and the promotion gate's holdout use the
+same leave-last-one-out rule on a lake snapshot's histories through
+:func:`leave_last_one_out`, which :func:`leave_one_out_tasks` is built on: one
+split, one rule. There, valid and test share one train (``h[:-2]``: one model,
+validated on ``h[-2]`` and tested on ``h[-1]`` from input ``h[:-1]``), where the
+runner's test task refits on ``h[:-1]``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +64,58 @@ class Interactions:
     def take(self, rows: np.ndarray) -> "Interactions":
         """The interactions at ``rows`` (a mask or sorted positions), row order kept."""
         return Interactions(self.users[rows], self.items[rows], self.timestamps[rows], self.item_ids)
+
+
+@dataclass
+class EvalSet:
+    """Users to evaluate, one target each: each one's input history and the held-out next item."""
+
+    users: list[str] = field(default_factory=list)
+    histories: list[list[int]] = field(default_factory=list)
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass
+class LooSplit:
+    """Train sequences per user, plus the valid and test evaluation sets (see :func:`leave_last_one_out`)."""
+
+    train: dict[str, list[int]]
+    valid: EvalSet
+    test: EvalSet
+
+
+def leave_last_one_out(histories: Mapping[str, Sequence[int]]) -> LooSplit:
+    """Split each user's history ``h``: test = (input ``h[:-1]``, target ``h[-1]``), valid = (``h[:-2]``,
+    ``h[-2]``), train = ``h[:-2]`` (a model trained on it never sees the valid or test target).
+
+    Users with fewer than :data:`MIN_LOO_INTERACTIONS` interactions go wholly to train and are in neither valid
+    nor test: holding out one of two items would leave too little to predict from. Users keep the order of
+    ``histories``.
+    """
+    train: dict[str, list[int]] = {}
+    valid_users, valid_hist, valid_tgt = [], [], []
+    test_users, test_hist, test_tgt = [], [], []
+    for user, history in histories.items():
+        history = list(history)
+        if len(history) < MIN_LOO_INTERACTIONS:
+            if history:
+                train[user] = history
+            continue
+        train[user] = history[:-2]
+        valid_users.append(user)
+        valid_hist.append(history[:-2])
+        valid_tgt.append(history[-2])
+        test_users.append(user)
+        test_hist.append(history[:-1])
+        test_tgt.append(history[-1])
+    return LooSplit(
+        train=train,
+        valid=EvalSet(valid_users, valid_hist, np.asarray(valid_tgt, dtype=np.int64)),
+        test=EvalSet(test_users, test_hist, np.asarray(test_tgt, dtype=np.int64)),
+    )
 
 
 @dataclass
@@ -129,21 +188,18 @@ def user_sequences(data: Interactions) -> dict[str, list[int]]:
 
 
 def leave_one_out_tasks(data: Interactions) -> tuple[EvalTask, EvalTask]:
-    """The leave-last-one-out (valid, test) tasks (see module docstring)."""
-    sequences = user_sequences(data)
-    valid = EvalTask("loo/valid", data.n_items, {})
-    test = EvalTask("loo/test", data.n_items, {})
-    for user, seq in sequences.items():
-        if len(seq) < MIN_LOO_INTERACTIONS:
-            valid.train[user] = list(seq)
-            test.train[user] = list(seq)
-            continue
-        valid.train[user] = seq[:-2]
-        test.train[user] = seq[:-1]
-        valid.users.append(user)
-        valid.targets.append([seq[-2]])
-        test.users.append(user)
-        test.targets.append([seq[-1]])
+    """The leave-last-one-out (valid, test) tasks (see module docstring): :func:`leave_last_one_out` of the
+    users' sequences, with the test task refit on each evaluated user's ``h[:-1]``."""
+    split = leave_last_one_out(user_sequences(data))
+    test_inputs = dict(zip(split.test.users, split.test.histories))
+    valid = EvalTask(
+        "loo/valid", data.n_items, {u: list(seq) for u, seq in split.train.items()},
+        list(split.valid.users), [[int(t)] for t in split.valid.targets],
+    )
+    test = EvalTask(
+        "loo/test", data.n_items, {u: list(test_inputs.get(u, seq)) for u, seq in split.train.items()},
+        list(split.test.users), [[int(t)] for t in split.test.targets],
+    )
     return valid, test
 
 

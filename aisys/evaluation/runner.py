@@ -58,6 +58,17 @@ from aisys.models.baselines import (
     fit_model,
     standardize_rows,
 )
+from aisys.models.blend_tuning import (
+    CONTEXT_GAP_THRESHOLDS,
+    CONTEXT_MIN_GAIN,
+    CONTEXT_SASREC_WEIGHTS,
+    RECENCY_BLEND_WEIGHTS,
+    SASREC_BLEND_WEIGHTS,
+    TITLE_DECAY,
+    TITLE_WEIGHTS,
+    TITLE_WINDOW,
+    blend_z_scores,
+)
 from aisys.models.context_blend import ContextBlend, blend_by_bucket, gap_buckets, request_gaps
 from aisys.models.item_features import TitleSimilarity
 from aisys.schemas import TIMESTAMP_TYPE
@@ -72,22 +83,11 @@ SEQUENTIAL_MODELS = (
 # The models that take each request's gap since the user's last interaction.
 CONTEXT_MODELS = ("sasrec+ctx-blend", "sasrec+ctx-blend+title")
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-# sasrec+ease+slit+recentpop: weights of EASE, SLIT and recent popularity relative to SASRec's 1 (tuned on valid).
-RECENCY_BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
-SASREC_BLEND_WEIGHTS = (0.75, 0.5, 0.3, 0.2, 0.1)
-# sasrec+ctx-blend: users whose request comes more than one of these gaps (seconds) after their last interaction
-# ("came back") get their own weights; 1 hour, 1 day, 1 week (a coarse grid: ~5-7% of LOO users are past each).
-CONTEXT_GAP_THRESHOLDS = (3_600.0, 86_400.0, 604_800.0)
-CONTEXT_SASREC_WEIGHTS = (1.0, 0.5, 0.25)
-# The "came back" bucket is kept only if it gains this much valid NDCG@10 over one set of weights (943 LOO
-# users, ~60 of them in the bucket: smaller gains are within what tuning on valid finds by chance).
-CONTEXT_MIN_GAIN = 0.002
-# sasrec+ctx-blend+title: the title similarity's history window and age decay (screened on LOO valid), and the
-# grid of its weight within each gap bucket (the other weights as sasrec+ctx-blend chose them). It is kept only if
-# it gains CONTEXT_MIN_GAIN valid NDCG@10 (else weight 0 everywhere).
-TITLE_WINDOW = 20
-TITLE_DECAY = 0.9
-TITLE_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.25, 0.5)
+# The recency, context and title blends' grids (sasrec+ease+slit+recentpop, sasrec+ctx-blend, +title) are the
+# multi-stage model's: RECENCY_BLEND_WEIGHTS (EASE, SLIT, recent popularity relative to SASRec's 1),
+# SASREC_BLEND_WEIGHTS, CONTEXT_GAP_THRESHOLDS ("came back" after 1 h / 1 d / 1 w), CONTEXT_SASREC_WEIGHTS,
+# CONTEXT_MIN_GAIN (a bucket or the title is kept only if it gains this much valid NDCG@10), TITLE_WINDOW,
+# TITLE_DECAY and TITLE_WEIGHTS live in aisys/models/blend_tuning.py (imported above).
 # Interaction timestamps are int64 in the event schema's unit (microseconds); models take seconds.
 _TIME_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[TIMESTAMP_TYPE.unit]
 SPLITS = ("loo", "temporal")
@@ -720,10 +720,9 @@ def _tune_title_weights(
 
 
 def _weighted_sum(z_scores: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """``sum_k weights[k] * z_scores[k]`` of already standardised scores; -inf in any input stays -inf."""
-    finite = np.logical_and.reduce([np.isfinite(z) for z in z_scores])
-    total = sum(w * np.where(finite, z, 0.0) for w, z in zip(weights, z_scores))
-    return np.where(finite, total, -np.inf)
+    """``sum_k weights[k] * z_scores[k]`` of already standardised scores; -inf in any input stays -inf
+    (:func:`~aisys.models.blend_tuning.blend_z_scores` with the same weights for every row)."""
+    return blend_z_scores(z_scores, np.tile(np.asarray(weights, np.float64), (z_scores[0].shape[0], 1)))
 
 
 def top_items(scores: np.ndarray, histories: list[list[int]], depth: int = EXPORT_DEPTH) -> np.ndarray:

@@ -1,26 +1,36 @@
 """SASRec behind the baselines' ``fit`` / ``score`` interface, trained in plain torch.
 
-The same :mod:`aisys.training.loop` functions that Ray Train runs
-(``training_examples``, ``iterate_batches``, ``train_epoch``) train it here, so
-the evaluation measures the production model. ``fit`` can also validate every
-few epochs and remember the best epoch count, which the runner then uses as the
-fixed epoch count of the refit (no early stopping on test).
+``fit`` runs the one SASRec fit that Ray Train's workers and Tune's trials run
+(:func:`aisys.training.fit.fit_sasrec`), so the evaluation measures the
+production model's training. It can also validate every ``eval_every`` epochs
+and remember the best epoch count, which the runner then uses as the fixed
+epoch count of the refit (no early stopping on test).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
 from aisys.features.sequences import recent_window
 
+if TYPE_CHECKING:
+    from aisys.training.fit import FitSettings
+
+_VALID_SCORE = "valid_score"  # the history column of the runner's own validation score
+
 
 @dataclass
 class SequentialSettings:
-    """Model and training settings of one SASRec fit (from ``AppConfig`` by the runner)."""
+    """Model and training settings of one SASRec fit (from ``AppConfig`` by the runner).
+
+    The training fields are ``train.*``'s under the runner's older names (``threads`` = ``torch_threads``,
+    ``horizon`` = ``loss_horizon``, ``horizon_weight`` = ``loss_horizon_weight``): kept because stored
+    evaluation results and fit-cache keys carry them; :meth:`fit_settings` maps them.
+    """
 
     max_seq_len: int = 200
     embedding_dim: int = 64
@@ -37,6 +47,17 @@ class SequentialSettings:
     bucket_by_length: bool = True
     horizon: int = 1
     horizon_weight: float = 0.0
+
+    def fit_settings(self) -> "FitSettings":
+        """The :class:`~aisys.training.fit.FitSettings` these settings train with."""
+        from aisys.training.fit import FitSettings
+
+        return FitSettings(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            seed=self.seed, torch_threads=self.threads, eval_every=self.eval_every,
+            loss_horizon=self.horizon, loss_horizon_weight=self.horizon_weight,
+            bucket_by_length=self.bucket_by_length,
+        )
 
 
 @dataclass
@@ -63,40 +84,38 @@ class SASRecRecommender:
         validate: Callable[["SASRecRecommender"], float] | None = None,
     ) -> "SASRecRecommender":
         """Train ``settings.epochs`` epochs; with ``validate``, score every ``eval_every`` epochs
-        (and at the last) and keep the best weights and epoch count in :attr:`trace`."""
-        import torch
-
-        from aisys.models.sasrec import SASRec, SASRecConfig, cpu_state_dict
-        from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
+        (and at the last) and keep the best weights and epoch count (1-based) in :attr:`trace`."""
+        from aisys.models.sasrec import SASRecConfig
+        from aisys.training.fit import fit_sasrec
+        from aisys.training.loop import training_examples
 
         s = self.settings
-        torch.set_num_threads(s.threads)
-        seed_everything(s.seed)
         config = SASRecConfig(
             n_items=n_items, max_seq_len=s.max_seq_len, embedding_dim=s.embedding_dim, n_layers=s.n_layers,
             n_heads=s.n_heads, dropout=s.dropout,
         )
-        self.model = SASRec(config)
         inputs, targets = training_examples(train, s.max_seq_len)
         if len(inputs) == 0:
             raise ValueError("SASRecRecommender.fit: no user has 2 train interactions to learn from")
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        self.trace = FitTrace()
-        best_state = None
+
+        def validate_model(model) -> dict[str, float]:
+            self.model = model  # `validate` scores through this recommender (self.score)
+            return {_VALID_SCORE: float(validate(self))}
+
         started = time.perf_counter()
-        for epoch in range(1, s.epochs + 1):
-            batches = iterate_batches(
-                inputs, targets, s.batch_size, seed=s.seed + epoch, bucket_by_length=s.bucket_by_length
-            )
-            train_epoch(self.model, batches, optimizer, horizon=s.horizon, horizon_weight=s.horizon_weight)
-            if validate is not None and (epoch % s.eval_every == 0 or epoch == s.epochs):
-                score = float(validate(self))
-                self.trace.scores[epoch] = score
-                if self.trace.best_epoch < 0 or score > self.trace.scores[self.trace.best_epoch]:
-                    self.trace.best_epoch, best_state = epoch, cpu_state_dict(self.model)
-        self.trace.seconds = time.perf_counter() - started
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
+        result = fit_sasrec(
+            config, s.fit_settings(), inputs, targets,
+            validate=validate_model if validate is not None else None, select_metric=_VALID_SCORE,
+        )
+        self.model = result.model
+        # The trace counts epochs from 1: `best_epoch` is the epoch count the runner refits with.
+        self.trace = FitTrace(
+            scores={int(row["epoch"]) + 1: row[_VALID_SCORE] for row in result.history if _VALID_SCORE in row},
+            best_epoch=result.state.best_epoch + 1 if result.state.best_epoch >= 0 else -1,
+            seconds=time.perf_counter() - started,
+        )
+        if result.state.best_state is not None:
+            self.model.load_state_dict(result.state.best_state)
         self.model.eval()
         return self
 

@@ -6,6 +6,7 @@ created on first use.
 """
 
 from aisys.gateway.cache import CacheKey, ResponseCache
+from aisys.gateway.dev_keys import ensure_dev_keys, read_dev_keys
 from aisys.gateway.gateway import ANONYMOUS, SHOPPER_SCOPES, Gateway, Principal
 from aisys.gateway.keys import (
     SCOPES,
@@ -15,9 +16,7 @@ from aisys.gateway.keys import (
     KeyStore,
     KeyStoreError,
     create_key,
-    ensure_dev_keys,
     list_keys,
-    read_dev_keys,
     revoke_key,
 )
 from aisys.gateway.middleware import GatewayError

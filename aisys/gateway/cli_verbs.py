@@ -1,8 +1,12 @@
-"""The ``aisys keys`` verb: create, list and revoke API keys in the key file.
+"""The ``aisys keys`` and ``aisys sessions`` verbs: API keys in the key file, revoked shopper sessions.
 
-``register(sub, common)`` adds the verb to the CLI's subparsers; ``common``
+``register(sub, common)`` adds both verbs to the CLI's subparsers; ``common``
 adds ``--config``/``--set`` to each action, so they go after it
 (``aisys keys create --name shop --scope storefront --config my.yaml``).
+
+``aisys sessions revoke SID [--purge]`` ends one shopper session before it
+expires (:mod:`aisys.gateway.revocations`) and, with ``--purge``, removes the
+events it sent from the collector; ``aisys sessions list`` shows the revoked ones.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Callable
 
 from aisys.config import AppConfig
@@ -22,6 +27,7 @@ from aisys.gateway.keys import (
     list_keys,
     revoke_key,
 )
+from aisys.gateway.revocations import parse_session_id, revocations_from_config
 
 
 def cmd_keys(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -77,19 +83,52 @@ def purge_key_events(cfg: AppConfig, key_id: str, name: str) -> int:
     ``gateway.keys_reload_s``, so run the purge again after that if the key was
     in use (it is idempotent).
     """
+    return purge_sender_events(cfg, f"key:{key_id}", f"key {name!r}")
+
+
+def purge_sender_events(cfg: AppConfig, sender: str, what: str) -> int:
+    """Remove the events whose sender is ``sender`` from the collector files; print and return how many."""
     from aisys.serving.event_log import collector_folder, purge_sender  # the event log owns its file format
 
-    removed = purge_sender(collector_folder(cfg), f"key:{key_id}")
+    removed = purge_sender(collector_folder(cfg), sender)
     total = sum(removed.values())
     for path, n in removed.items():
         print(f"  {path}: removed {n} event(s)")
-    print(f"purged {total} event(s) sent with key {name!r} from {collector_folder(cfg)} (not yet ingested); "
+    print(f"purged {total} event(s) sent by {what} from {collector_folder(cfg)} (not yet ingested); "
           "events already in a lake snapshot stay there", file=sys.stderr)
     return total
 
 
+def cmd_sessions(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Revoke shopper sessions before they expire (and purge their events), or list the revoked ones."""
+    revocations = revocations_from_config(cfg)
+    if args.sessions_action == "revoke":
+        sid = parse_session_id(args.sid)
+        until = revocations.revoke(sid)
+        when = datetime.fromtimestamp(until, timezone.utc).isoformat(timespec="seconds")
+        print(f"revoked shopper session {sid} until {when} in {revocations.path}; servers refuse its tokens "
+              f"within gateway.keys_reload_s ({cfg.gateway.keys_reload_s:g} s)")
+        if args.purge:
+            # Like a key's purge: a server may accept the session for up to keys_reload_s more; run it again then.
+            purge_sender_events(cfg, f"session:{sid}", f"shopper session {sid}")
+        return 0
+    revoked = revocations.revoked()
+    if args.json:
+        print(json.dumps({sid: datetime.fromtimestamp(until, timezone.utc).isoformat(timespec="seconds")
+                          for sid, until in sorted(revoked.items())}, indent=2))
+        return 0
+    if not revoked:
+        print(f"no revoked shopper sessions in {revocations.path}")
+        return 0
+    print(f"{'session':<18} revoked until (UTC)")
+    for sid, until in sorted(revoked.items(), key=lambda item: item[1]):
+        print(f"{sid:<18} {datetime.fromtimestamp(until, timezone.utc).isoformat(timespec='seconds')}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``aisys keys {create,list,revoke}`` to the CLI's subparsers."""
+    """Add ``aisys keys {create,list,revoke}`` and ``aisys sessions {revoke,list}`` to the CLI's subparsers."""
+    _register_sessions(sub, common)
     parser = sub.add_parser("keys", help="create, list and revoke API keys", description=cmd_keys.__doc__)
     parser.set_defaults(func=cmd_keys)
     actions = parser.add_subparsers(dest="keys_action", metavar="ACTION")
@@ -116,3 +155,25 @@ def register(sub: argparse._SubParsersAction, common: Callable[[argparse.Argumen
         "--purge", action="store_true",
         help="also remove the events this key sent from the collector files, so the next snapshot leaves them out",
     )
+
+
+def _register_sessions(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    parser = sub.add_parser("sessions", help="revoke shopper sessions before they expire",
+                            description=cmd_sessions.__doc__)
+    parser.set_defaults(func=cmd_sessions)
+    actions = parser.add_subparsers(dest="sessions_action", metavar="ACTION")
+    actions.required = True
+
+    revoke = actions.add_parser("revoke", help="end one shopper session on every replica")
+    common(revoke)
+    revoke.add_argument("sid", metavar="SID",
+                        help="the session id: 16 hex digits, as in an access log's shopper:<sid> or an event's "
+                        "sender session:<sid> (either prefix is accepted)")
+    revoke.add_argument(
+        "--purge", action="store_true",
+        help="also remove the events this session sent from the collector files, so the next snapshot leaves them out",
+    )
+
+    listing = actions.add_parser("list", help="list the revoked sessions whose tokens could still be alive")
+    common(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")

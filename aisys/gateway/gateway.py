@@ -12,7 +12,8 @@ A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; a
 shopper session token (``st_...``, :mod:`aisys.gateway.shopper`) comes in
 ``Authorization: Bearer <token>`` and yields a principal bound to one user id
 with only ``storefront``/``recommend``/``events``, limited per session and per
-client address. Missing or unknown: 401. Known but without the scope: 403. Over its token
+client address. Missing, unknown, expired or revoked (``gateway.revocations``):
+401. Known but without the scope: 403. Over its token
 bucket: 429 with ``Retry-After``; every request that passed the limiter also
 gets ``X-RateLimit-Limit/Remaining/Reset``. Keys holding the ``storefront``
 scope (and not ``admin``) get the tighter storefront limits; a key's own
@@ -49,6 +50,7 @@ from aisys.gateway.middleware import (
     gateway_error_response,
 )
 from aisys.gateway.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
+from aisys.gateway.revocations import RevocationList
 from aisys.gateway.shopper import InvalidToken, ShopperSession, ShopperTokens, is_shopper_token
 from aisys.serving.errors import request_id_of
 
@@ -139,6 +141,7 @@ class Gateway:
         limiter: RateLimiter,
         cache: Optional[ResponseCache] = None,
         tokens: Optional[ShopperTokens] = None,
+        revocations: Optional[RevocationList] = None,
     ) -> None:
         self.cfg = cfg
         self.settings = cfg.gateway
@@ -147,6 +150,8 @@ class Gateway:
         self.cache = cache
         # Without a signer no shopper token is accepted, and POST /shop/session answers 503.
         self.tokens = tokens
+        # Sessions ended before they expire (aisys.gateway.revocations); None: no session can be revoked early.
+        self.revocations = revocations
         self.counts: collections.Counter = collections.Counter()
         self.listeners: list[Listener] = []
 
@@ -172,10 +177,13 @@ class Gateway:
             enable_access_log()
         else:  # the demo and benchmarks turn per-request lines off, like Serve's own access log
             logging.getLogger(ACCESS_LOGGER_NAME).setLevel(logging.WARNING)
+        from aisys.gateway.revocations import revocations_from_config
         from aisys.gateway.shopper import shopper_tokens_from_config
 
         # An unusable secret file raises here: a replica must not start unable to check sessions.
-        return cls(cfg, keys, limiter, ResponseCache.from_config(cfg), shopper_tokens_from_config(cfg))
+        revocations = revocations_from_config(cfg)
+        revocations.entries()  # likewise an unreadable revocation list: fail now, not on a shopper's request
+        return cls(cfg, keys, limiter, ResponseCache.from_config(cfg), shopper_tokens_from_config(cfg), revocations)
 
     # ------------------------------------------------------------------ counters
 
@@ -282,16 +290,23 @@ class Gateway:
         return principal
 
     def verify_shopper(self, token: str) -> ShopperSession:
-        """The session a shopper token proves; a 401 :class:`GatewayError` when it is invalid or expired."""
+        """The session a shopper token proves; a 401 :class:`GatewayError` when it is invalid, expired or revoked."""
         if self.tokens is None:
             self._count("unauthorized")
             raise GatewayError(401, "unauthorized", "shopper sessions are not enabled on this server",
                                headers={"WWW-Authenticate": "Bearer"})
         try:
-            return self.tokens.verify(token)
+            session = self.tokens.verify(token)
         except InvalidToken as err:
             self._count("unauthorized")
             raise GatewayError(401, "unauthorized", str(err), headers={"WWW-Authenticate": "Bearer"}) from None
+        # Checked after the signature, so only a genuine token costs a lookup (a dict read; the file is re-read
+        # at most every keys_reload_s). A revoked session cannot renew itself either: renewal verifies here.
+        if self.revocations is not None and self.revocations.is_revoked(session.sid):
+            self._count("unauthorized", f"shopper:{session.sid}")
+            raise GatewayError(401, "unauthorized", "revoked shopper session: ask POST /shop/session for a new one",
+                               headers={"WWW-Authenticate": "Bearer"})
+        return session
 
     async def _authorize_shopper(self, request: Request, scope: str, token: str) -> Principal:
         principal = shopper_principal(self.verify_shopper(token))

@@ -17,26 +17,23 @@ Scopes: ``admin`` grants every scope; ``storefront`` grants ``recommend`` and
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable
 
 from aisys.config import AppConfig
+from aisys.gateway.json_file import WatchedJsonFile
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +52,6 @@ KEY_PREFIX = "ak_"
 FILE_FORMAT_VERSION = 1
 # Names end up in access logs: keep them to characters that cannot forge a log line.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-DEV_ADMIN_NAME = "dev-admin"
-DEV_STOREFRONT_NAME = "dev-storefront"
 
 
 class KeyStoreError(ValueError):
@@ -212,130 +206,65 @@ class InMemoryKeyStore(KeyStore):
         return None
 
 
-@dataclass
-class _FileState:
-    records: list[KeyRecord] = field(default_factory=list)
-    signature: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of what was read
-    checked_at: float = float("-inf")
+def _key_file_document(records: list[KeyRecord]) -> dict[str, Any]:
+    return {"version": FILE_FORMAT_VERSION, "keys": [r.to_json() for r in records]}
 
 
 class FileKeyStore(KeyStore):
-    """Keys in a JSON file, written atomically with mode 0600.
+    """Keys in a JSON file (mode 0600) shared by every server and CLI of a workspace.
 
     Changes are made under an exclusive ``flock`` on ``<file>.lock`` (so two
     ``aisys keys create`` cannot lose each other's key) and land with
     ``os.replace``, so readers see the old file or the new one, never half.
     A long-running server re-reads the file when it changed, checking at most
     every ``reload_every_s`` seconds: a revoked key stops working within that
-    time without a restart.
+    time without a restart (:class:`~aisys.gateway.json_file.WatchedJsonFile`).
     """
 
     def __init__(
         self, path: str | Path, reload_every_s: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.path = Path(path)
-        self.reload_every_s = reload_every_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = _FileState()
-
-    # ------------------------------------------------------------------ reading
+        self._file: WatchedJsonFile[list[KeyRecord]] = WatchedJsonFile(
+            self.path, self._read, _key_file_document, reload_every_s=reload_every_s, clock=clock
+        )
 
     def records(self) -> list[KeyRecord]:
-        with self._lock:
-            now = self._clock()
-            if now - self._state.checked_at >= self.reload_every_s:
-                self._state.checked_at = now
-                signature = self._signature()
-                if signature != self._state.signature:
-                    self._state.records = self._read()
-                    self._state.signature = signature
-            return list(self._state.records)
+        return list(self._file.read())
 
-    def _signature(self) -> tuple[int, int, int] | None:
+    def _read(self, path: Path) -> list[KeyRecord]:
         try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _read(self) -> list[KeyRecord]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-            mode = stat.S_IMODE(self.path.stat().st_mode)
+            text = path.read_text(encoding="utf-8")
+            mode = stat.S_IMODE(path.stat().st_mode)
         except FileNotFoundError:
             return []
         if mode & 0o077:
-            logger.warning("API key file %s has mode %o; it should be 0600 (chmod 600 %s)", self.path, mode, self.path)
+            logger.warning("API key file %s has mode %o; it should be 0600 (chmod 600 %s)", path, mode, path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise KeyStoreError(f"API key file {self.path} is not valid JSON: {err}") from None
+            raise KeyStoreError(f"API key file {path} is not valid JSON: {err}") from None
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-            raise KeyStoreError(f"API key file {self.path} must hold an object with a 'keys' list")
-        return [KeyRecord.from_json(item, str(self.path)) for item in data["keys"]]
+            raise KeyStoreError(f"API key file {path} must hold an object with a 'keys' list")
+        return [KeyRecord.from_json(item, str(path)) for item in data["keys"]]
 
-    # ------------------------------------------------------------------ writing
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[list[KeyRecord]]:
-        """Lock the file against other writers, yield its current records, write them back on success."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            records = self._read()
-            before = list(records)
-            yield records
-            if records == before:
-                return
-            _write_json_atomic(
-                self.path, {"version": FILE_FORMAT_VERSION, "keys": [r.to_json() for r in records]}
-            )
-            with self._lock:
-                self._state = _FileState(records=list(records), signature=self._signature(), checked_at=self._clock())
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def editing(self) -> ContextManager[list[KeyRecord]]:
+        """The current records under the file lock, to change in place; written back when the block ends."""
+        return self._file.update()
 
     def add(self, record: KeyRecord) -> None:
-        with self._exclusive() as records:
+        with self.editing() as records:
             _check_new(records, record)
             records.append(record)
 
     def remove(self, name: str) -> KeyRecord | None:
         removed: KeyRecord | None = None
-        with self._exclusive() as records:
+        with self.editing() as records:
             for i, record in enumerate(records):
                 if record.name == name:
                     removed = records.pop(i)
                     break
         return removed
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a 0600 temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # ---------------------------------------------------------------------- operations
@@ -354,12 +283,12 @@ def create_key(
         raise KeyStoreError(f"rate_limit_per_s must be > 0, got {rate_limit_per_s}")
     if rate_limit_burst is not None and rate_limit_burst < 1:
         raise KeyStoreError(f"rate_limit_burst must be >= 1, got {rate_limit_burst}")
-    plaintext, record = _new_record(name, scopes, rate_limit_per_s, rate_limit_burst)
+    plaintext, record = new_record(name, scopes, rate_limit_per_s, rate_limit_burst)
     store.add(record)
     return plaintext
 
 
-def _new_record(
+def new_record(
     name: str, scopes: Iterable[str], rate_limit_per_s: float | None = None, rate_limit_burst: int | None = None
 ) -> tuple[str, KeyRecord]:
     plaintext = generate_key()
@@ -395,46 +324,3 @@ def list_keys(store: KeyStore) -> list[dict[str, Any]]:
 def keys_file_path(cfg: AppConfig) -> Path:
     """``cfg.gateway.keys_file``, or ``<workspace>/api-keys.json``."""
     return Path(cfg.gateway.keys_file or Path(cfg.paths.workspace) / "api-keys.json")
-
-
-def dev_keys_path(cfg: AppConfig) -> Path:
-    """``<workspace>/dev-keys.json``: plaintext demo keys, for local development only."""
-    return Path(cfg.paths.workspace) / "dev-keys.json"
-
-
-def read_dev_keys(cfg: AppConfig) -> dict[str, str]:
-    """The plaintext demo keys written by :func:`ensure_dev_keys` (empty when there are none)."""
-    path = dev_keys_path(cfg)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as err:
-        raise KeyStoreError(f"dev key file {path} is not valid JSON: {err}") from None
-    return {str(k): str(v) for k, v in data.get("keys", {}).items()}
-
-
-def ensure_dev_keys(cfg: AppConfig) -> dict[str, str]:
-    """For the local demo and tests: make an admin and a storefront key if the key file has none.
-
-    Returns ``{name: plaintext}`` only when it created them (empty otherwise),
-    and also writes them to ``<workspace>/dev-keys.json`` (mode 0600) so a later
-    local run can find them. That file holds plaintext keys: it is for a
-    developer's own machine, never for a shared or production workspace.
-    """
-    store = FileKeyStore(keys_file_path(cfg))
-    created: dict[str, str] = {}
-    # Check and create under the file lock, so two processes starting the demo
-    # at once cannot both decide the file is empty.
-    with store._exclusive() as records:
-        if records:
-            return {}
-        for name, scope in ((DEV_ADMIN_NAME, "admin"), (DEV_STOREFRONT_NAME, "storefront")):
-            plaintext, record = _new_record(name, [scope])
-            records.append(record)
-            created[name] = plaintext
-    _write_json_atomic(
-        dev_keys_path(cfg),
-        {"note": "plaintext API keys for LOCAL development only; never copy to a shared machine", "keys": created},
-    )
-    return created

@@ -5,20 +5,25 @@
     POST /shop/session   (no key; limited per client address)  -> a new anonymous shopper,
                          or, with a valid shopper token in ``Authorization``, the same user renewed
     POST /sessions       (scope ``sessions``)                    -> a session for a named (signed-in) user
+    DELETE /admin/sessions/{sid}  (scope ``admin``)              -> that session's tokens get 401 from now on
 
 The first is what the storefront page calls at startup; the second is for a
-shop's sign-in service, server to server, after it has checked who the user is.
+shop's sign-in service, server to server, after it has checked who the user is;
+the third is an operator's (:mod:`aisys.gateway.revocations`; ``aisys sessions
+revoke SID --purge`` also removes the session's events from the collector).
 """
 
 # No `from __future__ import annotations`: FastAPI evaluates the annotations.
+import asyncio
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aisys.gateway.middleware import GatewayError
+from aisys.gateway.revocations import SESSION_ID_PATTERN, RevocationError, parse_session_id
 from aisys.gateway.shopper import ANONYMOUS_PREFIX, ShopperSession, is_shopper_token, new_anonymous_user_id
 from aisys.schemas import HOSTILE_ID_CHARS
 
@@ -56,6 +61,18 @@ class SessionOut(BaseModel):
     user_id: str = Field(..., description="The only user this session may read and write.")
     expires_at: str = Field(..., description="ISO 8601 UTC; ask for a new session before then.")
     expires_in_s: int
+
+
+class RevokedOut(BaseModel):
+    """A revoked shopper session: its tokens get 401 on every route until they would have expired anyway."""
+
+    session_id: str
+    revoked_until: str = Field(..., description="ISO 8601 UTC; after this no token of the session can be valid.")
+    events: str = Field(..., description="What happens to the events the session already sent.")
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _out(token: str, session: ShopperSession, now: float) -> SessionOut:
@@ -100,6 +117,24 @@ def session_router(gateway: Any) -> APIRouter:
         tokens = signer()
         token, session = tokens.mint(body.user_id)
         return _out(token, session, tokens.now())
+
+    @router.delete("/admin/sessions/{sid}", response_model=RevokedOut, tags=["admin"],
+                   dependencies=[Depends(gateway.require("admin"))])
+    async def revoke_session(sid: Annotated[str, Path(pattern=SESSION_ID_PATTERN)]) -> RevokedOut:
+        """Revoke one shopper session now, on every replica (within ``gateway.keys_reload_s``); idempotent.
+
+        ``sid`` is the session id as an access log shows it (``shopper:<sid>``) or an event's sender
+        (``session:<sid>``), with or without the prefix (anything else: 422 naming ``path.sid``).
+        """
+        if gateway.revocations is None:
+            raise GatewayError(503, "revocation_unavailable", "this server keeps no session revocation list")
+        sid = parse_session_id(sid)  # the pattern held: this only drops the prefix
+        try:
+            until = await asyncio.to_thread(gateway.revocations.revoke, sid)  # a locked file write: off the loop
+        except RevocationError as err:
+            raise GatewayError(503, "revocation_unavailable", str(err)) from None
+        return RevokedOut(session_id=sid, revoked_until=_iso(until),
+                          events=f"kept; remove them with `aisys sessions revoke {sid} --purge` on the collector host")
 
     return router
 

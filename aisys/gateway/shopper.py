@@ -14,9 +14,10 @@ prefix tells it apart from an API key (``ak_``) before any lookup.
 Why a signed token and not a server-side session table: every replica can
 verify it with no shared state and no round trip (the session store and the
 limiter actor already cost one each), and nothing grows with the number of
-sessions issued. The price: a token cannot be revoked one by one before it
-expires; ``gateway.shopper_session_ttl_s`` bounds that, and rotating the
-secret file revokes every session at once.
+sessions issued. Ending one session before it expires takes the revocation
+list (:mod:`aisys.gateway.revocations`: ``aisys sessions revoke SID``), which
+holds only the sessions revoked within one ``gateway.shopper_session_ttl_s``;
+rotating the secret file revokes every session at once.
 
 The secret is 32 random bytes in a 0600 file beside the key store
 (``gateway.session_secret_file``, default ``<dir of keys_file>/session-secret``),

@@ -100,6 +100,8 @@ def ingest_collected(cfg: AppConfig, grace_s: float = 0.5):
     """
     from aisys import pipeline
 
+    if cfg.paths.collector_uri:  # batch objects on shared storage (a cluster): no grace needed, they are whole
+        return ingest_collected_objects(cfg)
     folder = collector_folder(cfg)
     files = [p for p in claim_collected_files(folder) if p.stat().st_size > 0]
     if not files:
@@ -111,6 +113,31 @@ def ingest_collected(cfg: AppConfig, grace_s: float = 0.5):
     for path in files:
         path.rename(done / path.name)
     return manifest, len(files)
+
+
+def ingest_collected_objects(cfg: AppConfig):
+    """:func:`ingest_collected` for ``paths.collector_uri``: claim the batch objects, ingest local copies.
+
+    The copies go to ``<workspace>/collector-staging/<token>/`` on the node running the loop (ingest reads local
+    files; the objects stay the record) and are deleted afterwards; the objects move to ``ingested/``.
+    """
+    import shutil
+
+    from aisys import pipeline
+    from aisys.serving.collector_store import claim_collected_objects, mark_ingested, stage_for_ingest
+
+    objects = claim_collected_objects(cfg.paths.collector_uri, cfg.paths)
+    if not objects:
+        return None, 0
+    token = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    staging = Path(cfg.paths.workspace) / "collector-staging" / token
+    try:
+        files = stage_for_ingest(cfg.paths.collector_uri, objects, staging, cfg.paths)
+        manifest = pipeline.ingest(cfg, [str(p) for p in files], source="collector") if files else None
+        mark_ingested(cfg.paths.collector_uri, objects, cfg.paths)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, len(objects)
 
 
 # --------------------------------------------------------------------------- how a retrain runs

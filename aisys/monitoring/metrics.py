@@ -78,6 +78,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec("aisys_rate_limiter_degraded_total", "counter",
                "Requests decided by a replica's local bucket because the shared rate limiter was unreachable.",
                ()),
+    MetricSpec("aisys_champion_refused_total", "counter",
+               "Champion versions a replica refused to serve because aisys did not record them as champion "
+               "(an alias moved by hand; serve.require_recorded_promotion).",
+               ("model_version",)),
     MetricSpec("aisys_canary_share", "gauge", "Share of users routed to the challenger arm.", ()),
     MetricSpec("aisys_recommendation_score", "histogram",
                "Served recommendation scores, through the logistic function (0..1).",
@@ -288,6 +292,11 @@ def set_model_data_time(model_name: str, model_version: str, arm: str, unix_seco
 def record_rate_limiter_degraded() -> None:
     """Count one request limited locally because the shared limiter did not answer in time."""
     metrics_sink().inc("aisys_rate_limiter_degraded_total", 1.0, {})
+
+
+def record_champion_refused(model_version: str) -> None:
+    """Count one champion version a replica refused (moved by hand, not recorded by aisys)."""
+    metrics_sink().inc("aisys_champion_refused_total", 1.0, {"model_version": str(model_version)})
 
 
 def set_canary_share(share: float) -> None:

@@ -1,26 +1,30 @@
 """The gate's holdout and the reports on it (pure: numpy, pyarrow and torch; no MLflow, no Ray).
 
 :func:`build_holdout` turns a lake snapshot's events into one leave-last-one-out test holdout (each user's last
-interaction is the target, the rest the input) with segment buckets; :func:`report_for_bundle` scores a model
-bundle on it with full ranking into the :class:`~aisys.registry.gate.EvalReport` the gate compares. Two models
-scored on one holdout are compared user for user: the same users, targets and segment labels, in one order.
+interaction is the target, the rest the input) with segment buckets and each user's request gap (the target's time
+minus the newest input event's: :func:`aisys.features.context.seconds_since_last_event`, what serving computes from
+the request's clock); :func:`report_for_bundle` scores a model bundle on it through the bundle's own scorer
+(:func:`aisys.models.multistage.build_scorer`, the code a replica serves with) into the
+:class:`~aisys.registry.gate.EvalReport` the gate compares. Two models scored on one holdout are compared user for
+user: the same users, targets and segment labels, in one order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from aisys.evaluation.segments import HEAD_SHARE, TORSO_SHARE
 from aisys.registry.gate import EvalReport, nonfinite_tensors
 
 K = 10
 HOLDOUT_KIND = "loo-test"
 ACTIVITY_BUCKETS = ("light", "medium", "heavy")
-# Target-item popularity buckets: share of catalogue items (ranked by interactions) in each.
-HEAD_SHARE, TORSO_SHARE = 0.10, 0.40
+# Target-item popularity buckets: HEAD_SHARE, TORSO_SHARE (share of catalogue items, ranked by interactions, in
+# each) are the evaluation's segment shares, imported above: one definition for the runner and the gate.
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Holdout:
     catalogue: list[str]  # the snapshot's items, in vocabulary order (index i + 1)
     popularity: list[float]  # per catalogue item, event-weighted (cfg.features.event_weights)
     segments: dict[str, list[str]]  # segment name -> bucket label per user
+    # Seconds from each user's newest input event to their target's time (the request gap); empty: unknown.
+    gaps: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -80,10 +86,13 @@ def build_holdout(
     ``extra_segments`` maps a segment name to ``{user_id: bucket}`` (users missing from it get ``unknown``).
     """
     from aisys.features.sequences import build_vocabulary, user_histories
-    from aisys.training.split import leave_last_one_out
+    from aisys.evaluation.protocol import leave_last_one_out
+
+    from aisys.features.context import seconds_since_last_event, user_history_times
 
     vocab = build_vocabulary(events, dict(event_weights))
     test = leave_last_one_out(user_histories(events, vocab.item_index())).test
+    times = user_history_times(events, vocab.item_index())  # aligned with the histories split above
     if len(test) == 0:
         raise ValueError(f"snapshot {snapshot_id!r}: no user has the 3 interactions a holdout needs")
     ids = vocab.item_ids
@@ -104,6 +113,8 @@ def build_holdout(
         catalogue=catalogue,
         popularity=list(vocab.item_popularity[1:]),
         segments=segments,
+        # The input is every event but the last: its newest is times[-2], the request comes at the target's times[-1].
+        gaps=[seconds_since_last_event(times[user][-2], times[user][-1]) for user in test.users],
     )
 
 
@@ -112,26 +123,32 @@ def evaluate_on_holdout(
 ) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]], np.ndarray]:
     """Full-ranking metrics of ``model`` (vocabulary ``item_ids``, index 0 = padding) on ``holdout``.
 
+    ``model`` is a scorer (``score_sessions(histories, gaps_s)``, :mod:`aisys.models.multistage`; it gets
+    ``holdout.gaps``) or a next-item model (``score_next(windows)``, fed the recent windows).
     Returns ``(metrics, segments, ranks)``: the first two in the gate's shape, and each holdout user's 0-based
-    target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.training.metrics` (history
+    target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.evaluation.ranking` (history
     excluded, ties pessimistic) plus: a NaN score ranks last (a NaN never compares, so it would otherwise beat
     the target), and a target outside the model's vocabulary is a miss. Coverage and popularity are measured
     in the snapshot's catalogue, the same yardstick for every model.
     """
     from aisys.features.sequences import recent_window
     from aisys.training.loop import score_windows
-    from aisys.training.metrics import summarize_ranks, target_ranks, top_k_items
+    from aisys.evaluation.ranking import summarize_ranks, target_ranks, top_k_items
 
     index = {item: i for i, item in enumerate(item_ids) if i > 0}
     catalogue_index = {item: i + 1 for i, item in enumerate(holdout.catalogue)}
     n_catalogue = len(holdout.catalogue)
     ranks = np.full(len(holdout), n_catalogue, dtype=np.int64)  # default: a miss
     recommended = np.zeros((len(holdout), k), dtype=np.int64)  # catalogue indices; 0 = none / unknown item
+    gaps = np.asarray(holdout.gaps if len(holdout.gaps) == len(holdout) else [np.nan] * len(holdout), np.float64)
     for start in range(0, len(holdout), batch_size):
         rows = slice(start, start + batch_size)
         hist = [[index[i] for i in h if i in index] for h in holdout.histories[rows]]
-        windows = np.stack([recent_window(h, max_seq_len) for h in hist])
-        scores = np.asarray(score_windows(model, windows), dtype=np.float64)  # (B, V)
+        if callable(getattr(model, "score_sessions", None)):
+            scores = np.asarray(model.score_sessions(hist, gaps[rows]), dtype=np.float64)  # (B, V)
+        else:
+            windows = np.stack([recent_window(h, max_seq_len) for h in hist])
+            scores = np.asarray(score_windows(model, windows), dtype=np.float64)  # (B, V)
         scores = np.where(np.isnan(scores), -np.inf, scores)
         targets = np.array([index.get(t, 0) for t in holdout.targets[rows]], dtype=np.int64)
         known = np.flatnonzero(targets > 0)
@@ -156,17 +173,20 @@ def evaluate_on_holdout(
 
 
 def report_for_bundle(bundle, holdout: Holdout, version: str | None = None, torch_threads: int = 1) -> EvalReport:
-    """The gate's :class:`EvalReport` of a :class:`~aisys.models.bundle.ModelBundle` on ``holdout``."""
+    """The gate's :class:`EvalReport` of a :class:`~aisys.models.bundle.ModelBundle` on ``holdout``, scored through
+    the bundle's own scorer (any model kind; a multi-stage bundle's generator arrays are checked for NaN too)."""
     import torch
 
-    from aisys.models.sasrec import build_model
+    from aisys.models.multistage import build_scorer, bundle_arrays_nonfinite
 
-    bad_weights = nonfinite_tensors(bundle.state_dict or {})
+    bad_weights = nonfinite_tensors(bundle.state_dict or {}) + bundle_arrays_nonfinite(bundle)
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)  # more threads on a busy small box is slower (STACK.md)
     try:
-        model = build_model(bundle)
-        metrics, segments, ranks = evaluate_on_holdout(model, bundle.item_ids, bundle.max_seq_len, holdout)
+        scorer = build_scorer(bundle)
+        if scorer is None:
+            raise ValueError("the bundle carries no model weights: the gate has nothing to score")
+        metrics, segments, ranks = evaluate_on_holdout(scorer, bundle.item_ids, bundle.max_seq_len, holdout)
     finally:
         torch.set_num_threads(before)
     buckets = {name: [str(label) for label in labels] for name, labels in holdout.segments.items()}

@@ -37,7 +37,7 @@ CODE_VERSION_TAG = "code_version"
 # MLflow 3 caps tag values at 8,000 characters; reasons are sentences, so this cut rarely bites.
 TAG_VALUE_LIMIT = 5000
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
-_PYFUNC_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml")
+_PYFUNC_REQUIREMENTS = ("torch", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "pyyaml")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class RegisteredModel:
 
 
 class BundlePyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: rebuilds the bundle and SASRec, recommends top-k item ids.
+    """MLflow pyfunc wrapper: rebuilds the bundle and its scorer (any model kind), recommends top-k item ids.
 
     Input: a DataFrame with a ``history`` column (each row a list of item ids,
     oldest first). Params: ``k`` (default 10). Output: a DataFrame with
@@ -62,26 +62,22 @@ class BundlePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from aisys.models.sasrec import build_model
+        from aisys.models.multistage import build_scorer
 
         torch.set_num_threads(1)
+        # The whole bundle folder is the artifact: weights, generator arrays (stages.npz) and bundle.json.
         self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT_KEY])
-        self.model = build_model(self.bundle)
+        self.scorer = build_scorer(self.bundle)
         self.index = self.bundle.item_index()
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        from aisys.features.sequences import recent_window
-
         k = int((params or {}).get("k", 10))
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "history" not in frame.columns:
             raise ValueError(f"model input needs a 'history' column of item-id lists; got {list(frame.columns)}")
         histories = [[self.index[i] for i in (row if row is not None else []) if i in self.index] for row in frame["history"]]
-        windows = np.stack([recent_window(h, self.bundle.max_seq_len) for h in histories])
-        with torch.no_grad():
-            scores = self.model.score_next(torch.from_numpy(windows)).numpy().astype(np.float64)
+        # No request time reaches a pyfunc: the gap is unknown (the blend's default bucket).
+        scores = self.scorer.score_sessions(histories, np.full(len(histories), np.nan))
         popularity = self.bundle.popularity_scores()
         out_ids, out_scores = [], []
         for row, history in enumerate(histories):
@@ -199,7 +195,8 @@ def log_and_register(
     metric steps, tags ``lake.snapshot_id`` and ``code_version``, a training
     curve PNG and the bundle as a pyfunc model. ``bundle.lineage`` gains the
     run id and snapshot id before it is saved. ``alias`` (when not None) is
-    moved to the new version.
+    moved to the new version with :func:`set_alias`: the champion alias through
+    :func:`aisys.registry.champion.make_champion`, which records it.
     """
     experiment_id = configure_mlflow(cfg)
     name = cfg.registry.model_name
@@ -239,7 +236,7 @@ def log_and_register(
     client.set_model_version_tag(name, version, SNAPSHOT_TAG, snapshot_id)
     client.set_model_version_tag(name, version, CODE_VERSION_TAG, code_version)
     if alias:
-        client.set_registered_model_alias(name, alias, version)
+        set_alias(cfg, alias, version)  # the champion alias is recorded in its history (serving refuses it otherwise)
     return RegisteredModel(name=name, version=version, run_id=run_id, uri=f"models:/{name}/{version}")
 
 
@@ -287,18 +284,18 @@ def run_metrics(cfg: AppConfig, run_id: str) -> dict[str, float]:
     return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
 
 
-def recorded_champions(cfg: AppConfig) -> list[str]:
-    """Versions the gate made champion, oldest first: the registered-model tag ``aisys.champion_history`` that
-    :mod:`aisys.registry.promotion` writes (serving reads it here, without importing the gate's evaluation)."""
-    import json
-
-    configure_mlflow(cfg)
-    tags = mlflow.MlflowClient().get_registered_model(cfg.registry.model_name).tags or {}
-    return [str(v) for v in json.loads(tags.get("aisys.champion_history", "[]"))]
-
-
 def set_alias(cfg: AppConfig, alias: str, version: str) -> None:
-    """Point ``alias`` of ``cfg.registry.model_name`` at ``version`` (promotion / rollback)."""
+    """Point ``alias`` of ``cfg.registry.model_name`` at ``version``.
+
+    The champion alias goes through :func:`aisys.registry.champion.make_champion` (recorded in the champion
+    history, under the promotion lock): serving refuses a champion that history does not end with. Other aliases
+    (``challenger``) move directly.
+    """
+    if alias == cfg.registry.champion_alias:
+        from aisys.registry.champion import make_champion  # the one writer of the champion alias
+
+        make_champion(cfg, str(version))
+        return
     configure_mlflow(cfg)
     mlflow.MlflowClient().set_registered_model_alias(cfg.registry.model_name, alias, str(version))
 

@@ -6,25 +6,26 @@
    current champion (``cfg.registry.champion_alias``; none is fine);
 2. build **one** holdout from a lake snapshot (latest by default; :mod:`aisys.registry.holdout`): each user's
    last interaction as target after the rest, i.e. the test part of
-   :func:`~aisys.training.split.leave_last_one_out`, with segments computed from the events (user activity,
+   :func:`~aisys.evaluation.protocol.leave_last_one_out`, with segments computed from the events (user activity,
    target-item popularity) plus any ``extra_segments`` (gender, age band, ...);
 3. evaluate both models on it with full ranking in the snapshot's item-id space (each model maps ids through its
    own vocabulary; a target a model does not know is a miss), so the numbers are comparable;
 4. :func:`~aisys.registry.gate.decide`, log the decision as an MLflow run (params, both models' metrics,
    ``decision.json``, tag ``aisys.decision=promote|refuse``), and on promote move the champion alias.
 
-Every champion change made here is appended to the registered model's tag ``aisys.champion_history`` (a JSON list
-of versions, oldest first) and stamps the version's tag ``aisys.champion_since``; :func:`rollback` walks that
-history back one step in a few registry calls.
+Every champion change made here goes through :mod:`aisys.registry.champion`: the version is appended to the
+registered model's tag ``aisys.champion_history`` (a JSON list of versions, oldest first) and stamped
+``aisys.champion_since`` before the alias moves; :func:`rollback` walks that history back one step. Serving refuses
+a champion that is not the history's last entry (``serve.require_recorded_promotion``), i.e. an alias moved by hand.
 
 **Concurrency.** Reading the champion, gating against it and moving the alias is a read-modify-write: two
 promotions running at once would both gate against the same champion and both move the alias (the last one wins,
 unjudged against the first, and one history entry is lost). So every champion change (:func:`promote`'s
-decision, :func:`make_champion`, :func:`rollback`) runs under one lock per registered model
-(:func:`promotion_lock`; the file sits next to the SQLite DB). The slow part, evaluating the candidate and the
-champion it saw first, runs outside the lock; under the lock the champion is read again and, if it moved
-meanwhile, the candidate is gated again against the **current** one (``champion_changed``). The decisions
-logged in MLflow therefore form one linear history: each promotion names the champion it replaced.
+decision, :func:`~aisys.registry.champion.make_champion`, :func:`rollback`) runs under one lock per registered
+model (:func:`~aisys.registry.champion.promotion_lock`; the file sits next to the SQLite DB). The slow part,
+evaluating the candidate and the champion it saw first, runs outside the lock; under the lock the champion is read
+again and, if it moved meanwhile, the candidate is gated again against the **current** one (``champion_changed``).
+The decisions logged in MLflow therefore form one linear history: each promotion names the champion it replaced.
 """
 
 from __future__ import annotations
@@ -37,15 +38,22 @@ from typing import Mapping
 import numpy as np
 
 from aisys.config import AppConfig
+from aisys.registry.champion import (
+    CHAMPION_SINCE_TAG,
+    HISTORY_TAG,
+    alias_version,
+    now_iso,
+    promotion_lock,
+    read_history,
+    record_champion,
+    registry_client,
+)
 from aisys.registry.gate import EvalReport, GateDecision, decide
 from aisys.registry.holdout import Holdout, build_holdout, report_for_bundle
-from aisys.registry.lock import DEFAULT_TIMEOUT_S, file_lock, registry_lock_path
+from aisys.registry.lock import DEFAULT_TIMEOUT_S
 
-HISTORY_TAG = "aisys.champion_history"
-CHAMPION_SINCE_TAG = "aisys.champion_since"
 ROLLED_BACK_TAG = "aisys.rolled_back_at"
 DECISION_TAG = "aisys.decision"
-_HISTORY_KEEP = 50  # keeps the tag value far below MLflow's length limit
 
 
 # --------------------------------------------------------------------------- MLflow adapter
@@ -66,28 +74,6 @@ class PromotionOutcome:
     champion_changed: bool = False  # the champion moved while the candidate was evaluated: re-gated against it
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _client(cfg: AppConfig):
-    import mlflow
-
-    from aisys.registry.mlflow_registry import configure_mlflow
-
-    experiment_id = configure_mlflow(cfg)
-    return mlflow.MlflowClient(), experiment_id
-
-
-def _alias_version(client, cfg: AppConfig, alias: str) -> str | None:
-    import mlflow
-
-    try:
-        return str(client.get_model_version_by_alias(cfg.registry.model_name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
 def _require_version(client, name: str, version: str) -> None:
     import mlflow
 
@@ -97,69 +83,25 @@ def _require_version(client, name: str, version: str) -> None:
         raise LookupError(f"model {name!r} has no version {version!r}: pass a registered version number") from err
 
 
-def champion_history(cfg: AppConfig) -> list[str]:
-    """Versions that were made champion by :func:`promote` (or :func:`make_champion`), oldest first."""
-    client, _ = _client(cfg)
-    return _history(client, cfg.registry.model_name)
-
-
-def _history(client, name: str) -> list[str]:
-    tags = client.get_registered_model(name).tags or {}
-    return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
-
-
-def promotion_lock(cfg: AppConfig, timeout_s: float = DEFAULT_TIMEOUT_S):
-    """The lock serialising champion changes of ``cfg.registry.model_name`` (threads and processes of a host).
-
-    A context manager; see :mod:`aisys.registry.lock` for what it covers and what a multi-host setup needs.
-    """
-    path = registry_lock_path(cfg.paths.mlflow_tracking_uri, cfg.paths.workspace, cfg.registry.model_name)
-    return file_lock(path, timeout_s)
-
-
-def make_champion(cfg: AppConfig, version: str) -> None:
-    """Move the champion alias to ``version``, recording it in the champion history.
-
-    A champion set outside the gate (e.g. by ``aisys train``) is recorded first, so it can be rolled back to.
-    The alias moves last: a failure before it leaves the old champion serving. Runs under
-    :func:`promotion_lock`.
-    """
-    client, _ = _client(cfg)
-    with promotion_lock(cfg):
-        _make_champion(client, cfg, str(version))
-
-
-def _make_champion(client, cfg: AppConfig, version: str) -> None:
-    # The caller holds promotion_lock: the history read-modify-write below must not interleave.
-    name = cfg.registry.model_name
-    history = _history(client, name)
-    current = _alias_version(client, cfg, cfg.registry.champion_alias)
-    if current is not None and (not history or history[-1] != current):
-        history.append(current)
-    history.append(version)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_KEEP:]))
-    client.set_model_version_tag(name, version, CHAMPION_SINCE_TAG, _now())
-    client.set_registered_model_alias(name, cfg.registry.champion_alias, version)
-
-
 def rollback(cfg: AppConfig) -> tuple[str, str]:
     """Make the previous champion current again; return ``(from_version, to_version)``.
 
     The previous champion is the latest entry of the champion history that is not the current champion. The
     current one is dropped from the history (a second rollback goes one further back) and tagged
-    ``aisys.rolled_back_at``. Runs under :func:`promotion_lock`, so it never interleaves with a promotion.
+    ``aisys.rolled_back_at``. Runs under :func:`~aisys.registry.champion.promotion_lock`, so it never interleaves
+    with a promotion. After a hand-moved alias it restores the last champion our code recorded.
     """
-    client, _ = _client(cfg)
+    client, _ = registry_client(cfg)
     with promotion_lock(cfg):
         return _rollback(client, cfg)
 
 
 def _rollback(client, cfg: AppConfig) -> tuple[str, str]:
     name, alias = cfg.registry.model_name, cfg.registry.champion_alias
-    current = _alias_version(client, cfg, alias)
+    current = alias_version(client, cfg, alias)
     if current is None:
         raise LookupError(f"model {name!r} has no {alias!r} alias: nothing to roll back")
-    remaining = _history(client, name)
+    remaining = read_history(client, name)
     while remaining and remaining[-1] == current:
         remaining.pop()
     if not remaining:
@@ -168,8 +110,8 @@ def _rollback(client, cfg: AppConfig) -> tuple[str, str]:
         )
     target = remaining[-1]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(remaining))
-    client.set_model_version_tag(name, current, ROLLED_BACK_TAG, _now())
-    client.set_model_version_tag(name, target, CHAMPION_SINCE_TAG, _now())
+    client.set_model_version_tag(name, current, ROLLED_BACK_TAG, now_iso())
+    client.set_model_version_tag(name, target, CHAMPION_SINCE_TAG, now_iso())
     client.set_registered_model_alias(name, alias, target)
     return current, target
 
@@ -237,9 +179,9 @@ def promote(
     taken under :func:`promotion_lock` against the champion current at that moment, so concurrent calls
     (threads or processes) serialise into a linear history of champions.
     """
-    client, experiment_id = _client(cfg)
+    client, experiment_id = registry_client(cfg)
     if version is None:
-        version = _alias_version(client, cfg, cfg.online.challenger_alias)
+        version = alias_version(client, cfg, cfg.online.challenger_alias)
         if version is None:
             raise LookupError(
                 f"no --version given and no version of {cfg.registry.model_name!r} has alias "
@@ -249,7 +191,7 @@ def promote(
     _require_version(client, cfg.registry.model_name, version)
 
     # Optimistic part, outside the lock: evaluate the candidate and the champion seen now (the slow work).
-    seen_champion = _alias_version(client, cfg, cfg.registry.champion_alias)
+    seen_champion = alias_version(client, cfg, cfg.registry.champion_alias)
     evaluation = None
     if seen_champion != version:
         evaluation = _Evaluation.build(cfg, version, snapshot_id, extra_segments)
@@ -257,7 +199,7 @@ def promote(
 
     with promotion_lock(cfg, lock_timeout_s):
         # Compare-and-set: decide against the champion as it is now, which may have moved since.
-        champion_version = _alias_version(client, cfg, cfg.registry.champion_alias)
+        champion_version = alias_version(client, cfg, cfg.registry.champion_alias)
         changed = champion_version != seen_champion
         if champion_version == version:
             decision = GateDecision(False, [f"version {version} already is the {cfg.registry.champion_alias!r}"])
@@ -274,7 +216,7 @@ def promote(
         )
         outcome.run_id = _log_decision(cfg, experiment_id, outcome, evaluation.snapshot_id)
         if decision.promote:
-            _make_champion(client, cfg, version)
+            record_champion(client, cfg, version)
     return outcome
 
 

@@ -14,10 +14,10 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 
 from aisys.config import AppConfig, load_config
+# APP_NAME and replica_options are re-exported (the demo, benchmarks/serving.py).
+from aisys.serving.serve_yaml import APP_NAME, deployment_options, replica_options  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-APP_NAME = "aisys"
 
 
 class ServeAppArgs(BaseModel):
@@ -35,26 +35,8 @@ def build_application(cfg: AppConfig):
 
     # AppConfig makes local paths absolute when it is validated, so the dict
     # means the same thing in a replica whose working folder differs.
-    return RecommenderService.options(
-        **replica_options(cfg),
-        # Serve's default of 5 collapsed under 64 clients here (STACK.md).
-        max_ongoing_requests=cfg.serve.max_ongoing_requests,
-        max_queued_requests=cfg.serve.max_queued_requests,
-        logging_config={"enable_access_log": cfg.serve.access_log},
-    ).bind(cfg.model_dump())
-
-
-def replica_options(cfg: AppConfig) -> dict:
-    """``num_replicas`` or, with ``serve.autoscaling``, an ``autoscaling_config`` (min/max, target load)."""
-    if not cfg.serve.autoscaling:
-        return {"num_replicas": cfg.serve.num_replicas}
-    return {
-        "autoscaling_config": {
-            "min_replicas": cfg.serve.min_replicas,
-            "max_replicas": cfg.serve.max_replicas,
-            "target_ongoing_requests": cfg.serve.target_ongoing_requests,
-        }
-    }
+    # The same options the generated Serve YAMLs carry (`aisys deploy-config`): one source, no drift.
+    return RecommenderService.options(**deployment_options(cfg)).bind(cfg.model_dump())
 
 
 def build_app(args: ServeAppArgs):

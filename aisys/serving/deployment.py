@@ -34,11 +34,11 @@ from ray import serve
 from aisys.config import AppConfig, config_from_dict
 from aisys.serving.api_models import ModelOut
 from aisys.serving.canary import CHALLENGER, CHAMPION
-from aisys.serving.event_log import JsonlEventLog, collector_folder
+from aisys.serving.collector_store import open_event_log
 from aisys.serving.follow import AliasFollower
 from aisys.serving.recommender import Recommendation, Recommender, ScoreRequest, retrieval_options
 from aisys.serving.routes import build_fastapi_app
-from aisys.serving.rules import JsonFileInventory
+from aisys.serving.rules import Inventory, JsonFileInventory
 from aisys.serving.service import OnlineService, ServedModel
 from aisys.serving.session_store import InMemorySessionStore, SessionStore, sessions_from_events
 from aisys.serving.telemetry import ServingTelemetry, gateway_key_tier, install_request_metrics
@@ -58,6 +58,15 @@ def stock_path(cfg: AppConfig) -> Path:
     """The shared out-of-stock file: ``cfg.online.stock_file`` (relative to the workspace) or the default."""
     path = Path(cfg.online.stock_file or "online/stock.json").expanduser()
     return path if path.is_absolute() else Path(cfg.paths.workspace) / path
+
+
+def open_inventory(cfg: AppConfig) -> Inventory:
+    """The stock ``cfg.online.stock_backend`` names: the host's file, or the cluster's actor (Ray is up)."""
+    if cfg.online.stock_backend == "actor":
+        from aisys.serving.stock_actor import actor_inventory
+
+        return actor_inventory(cfg)
+    return JsonFileInventory(stock_path(cfg))
 
 
 def open_session_store(cfg: AppConfig) -> SessionStore:
@@ -91,29 +100,61 @@ async def seed_sessions(cfg: AppConfig, store: SessionStore, bundle, snapshot_id
     return seeded
 
 
-def promotion_recorded(version: str | None, history: list[str]) -> bool:
-    """Whether the gate's champion history (``aisys.champion_history``) holds ``version``."""
-    return version is not None and str(version) in {str(v) for v in history}
+# A replica that reads the alias and the history while a promotion writes them (history first, then the alias)
+# can see one moved and not the other: it looks again before refusing.
+RECORDED_CHECK_TRIES = 3
+RECORDED_CHECK_WAIT_S = 0.25
 
 
-async def check_promotion_recorded(cfg: AppConfig, alias: str | None, version: str | None) -> None:
-    """With ``serve.require_recorded_promotion``, refuse a champion the gate did not promote (PermissionError).
+def gated_alias(cfg: AppConfig, alias: str | None, model_uri: str | None) -> str | None:
+    """The champion alias when this load serves it (by name, or as ``models:/<name>@<champion>``), else None."""
+    champion = cfg.registry.champion_alias
+    if alias == champion or (alias is None and model_uri and model_uri.endswith(f"@{champion}")):
+        return champion
+    return None
 
-    Checked before the download, so a refused version costs two registry reads, not a model load.
+
+async def check_promotion_recorded(cfg: AppConfig, alias: str | None, version: str | None,
+                                   model_uri: str | None = None) -> None:
+    """With ``serve.require_recorded_promotion`` (the default), refuse a champion our code did not record.
+
+    The champion alias must point at the last version of the registered-model tag ``aisys.champion_history``
+    (:func:`aisys.registry.champion.is_recorded_champion`), which the gate's promotions, ``aisys rollback`` and
+    every registration with ``alias=champion`` write before they move the alias. A version that the alias reached
+    any other way (the MLflow UI, ``MlflowClient.set_registered_model_alias``) raises PermissionError: a starting
+    replica fails; the alias follower keeps the current model, logs and counts it. ``version`` is the version the
+    caller resolved (the follower's), else the alias is read. Checked before the download: a refusal costs two
+    registry reads, not a model load. Only the champion is gated: the challenger is the canary's experiment.
     """
-    if not cfg.serve.require_recorded_promotion or alias != cfg.registry.champion_alias:
+    if not cfg.serve.require_recorded_promotion or gated_alias(cfg, alias, model_uri) is None:
         return
-    from aisys.registry.mlflow_registry import recorded_champions
+    from aisys.registry.champion import champion_state, is_recorded_champion
 
-    history = await asyncio.to_thread(recorded_champions, cfg)
-    if version is None:
-        version = await resolve_alias(cfg, alias)
-    if not promotion_recorded(version, history):
-        raise PermissionError(
-            f"version {version} of {cfg.registry.model_name!r} holds alias {alias!r}, but no gate decision promoted "
-            f"it (registered-model tag aisys.champion_history: {history[-5:]}); refusing to serve it. Promote it "
-            "with `aisys promote`, or set serve.require_recorded_promotion: false"
-        )
+    for attempt in range(RECORDED_CHECK_TRIES):
+        current, history = await asyncio.to_thread(champion_state, cfg)
+        if current is None and version is None:
+            return  # no champion at all: the load that follows says so (LookupError naming the alias)
+        candidate = current if version is None else str(version)
+        if is_recorded_champion(candidate, history):
+            return
+        if attempt + 1 < RECORDED_CHECK_TRIES:
+            await asyncio.sleep(RECORDED_CHECK_WAIT_S)
+    raise PermissionError(unrecorded_champion_message(cfg, candidate, history))
+
+
+def unrecorded_champion_message(cfg: AppConfig, version: str | None, history: list[str]) -> str:
+    """Why a champion is refused, and the command that fixes it (one line)."""
+    name, alias = cfg.registry.model_name, cfg.registry.champion_alias
+    head = (f"version {version} of {name!r} holds alias {alias!r} but was not made champion by aisys "
+            "(registered-model tag aisys.champion_history")
+    if history:
+        fix = (f" ends with version {history[-1]}): the alias was moved by hand, so it is not served. "
+               f"`aisys rollback` points it back at version {history[-1]}; to serve version {version}, gate it "
+               f"after that with `aisys promote --version {version}`")
+    else:
+        fix = (" is empty: a registry from before this rule, or an alias set by hand). Delete the alias and run "
+               f"`aisys promote --version {version}`")
+    return head + fix + "; or set serve.require_recorded_promotion: false"
 
 
 async def load_served_model(cfg: AppConfig, store: SessionStore, alias: str | None, version: str | None = None,
@@ -124,7 +165,7 @@ async def load_served_model(cfg: AppConfig, store: SessionStore, alias: str | No
     """
     from aisys.registry.mlflow_registry import load_bundle
 
-    await check_promotion_recorded(cfg, alias, version)
+    await check_promotion_recorded(cfg, alias, version, model_uri)
 
     bundle, info = await asyncio.to_thread(load_bundle, cfg, alias, version, model_uri)
     info["alias"] = alias or info.get("alias")
@@ -180,8 +221,8 @@ class RecommenderService:
         self.telemetry = ServingTelemetry.for_replica(cfg)
         self.service = OnlineService(
             store=store,
-            event_log=JsonlEventLog(collector_folder(cfg)),
-            inventory=JsonFileInventory(stock_path(cfg)),
+            event_log=open_event_log(cfg),  # paths.collector_uri: the host's folder or object storage
+            inventory=open_inventory(cfg),
             online=cfg.online,
             champion=champion,
             challenger=challenger,
@@ -207,6 +248,8 @@ class RecommenderService:
         cfg = self._cfg
         gateway = make_gateway(cfg)  # raises rather than serve an unguarded app
         gateway.listeners.append(self.telemetry.rate_limit_listener(gateway_key_tier(gateway)))
+        if hasattr(gateway.limiter, "on_degraded"):  # the shared limiter: count requests limited without it
+            gateway.limiter.on_degraded = self.telemetry.rate_limiter_degraded
         app = build_fastapi_app(self.service, default_k=cfg.serve.default_k, max_k=cfg.serve.max_k, gateway=gateway)
 
         async def latest_report():
@@ -229,14 +272,19 @@ class RecommenderService:
         return self.service.counters.snapshot()
 
     def telemetry_stats(self) -> dict[str, Any]:
-        """This replica's id (the ``replica`` label of its metrics) and its monitor feed's counters."""
-        return {"replica": serve.get_replica_context().replica_tag, **self.telemetry.stats()}
+        """This replica's id (the ``replica`` label of its metrics), its monitor feed's and session copy's counters."""
+        store_stats = getattr(self.service.store, "stats", None)
+        sessions = {"session_copy": store_stats()} if callable(store_stats) else {}
+        return {"replica": serve.get_replica_context().replica_tag, **self.telemetry.stats(), **sessions}
 
     def __del__(self) -> None:
         # Serve calls this when it stops the replica: send what is still buffered.
         telemetry = getattr(self, "telemetry", None)
         if telemetry is not None:
             telemetry.close()
+        stop_sync = getattr(getattr(getattr(self, "service", None), "store", None), "stop", None)
+        if callable(stop_sync):  # the replica-local session copy's background sync (aisys.serving.session_cache)
+            stop_sync()
 
     async def score(self, served: ServedModel, request: ScoreRequest) -> Recommendation:
         """One request's answer, scored together with whatever else is in flight.

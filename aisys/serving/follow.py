@@ -6,6 +6,9 @@ from what the arm serves, the new version is loaded off the event loop while
 the old one keeps answering, and only then handed to
 :meth:`aisys.serving.service.OnlineService.set_model`, one reference swap. A
 load that fails leaves the old version serving and is retried next period.
+A champion the registry did not record (moved by hand: ``serve.require_recorded_promotion``) is refused the
+same way, logged and counted once per version (``/admin/counters`` ``champion_refusals``,
+``aisys_champion_refused_total``).
 An alias that disappears removes the challenger arm; the champion is never
 removed (the last good model keeps serving).
 
@@ -19,6 +22,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Mapping
 
+from aisys.monitoring.metrics import record_champion_refused
 from aisys.serving.canary import CHAMPION, Arm
 from aisys.serving.service import OnlineService, ServedModel
 
@@ -45,6 +49,7 @@ class AliasFollower:
         self.resolve = resolve
         self.load = load
         self.every_s = every_s
+        self.refused: dict[str, str] = {}  # alias -> the version last refused as an unrecorded champion
         self._task: asyncio.Task | None = None
 
     async def check_once(self) -> list[Arm]:
@@ -61,12 +66,20 @@ class AliasFollower:
                         logger.info("alias %r is gone: arm %s removed", alias, arm)
                     continue
                 if current is not None and current.version == version:
+                    self.refused.pop(alias, None)  # back on what it serves: a later hand move is news again
                     continue
                 served = await self.load(alias, version)
                 self.service.set_model(arm, served)
                 changed.append(arm)
                 logger.info("arm %s now serves version %s (alias %r; was %s)",
                             arm, version, alias, current.version if current else None)
+            except PermissionError as refusal:  # not recorded as champion (serve.require_recorded_promotion)
+                if self.refused.get(alias) != version:  # log and count each hand move once, not every period
+                    self.refused[alias] = version
+                    self.service.counters.champion_refusals += 1
+                    record_champion_refused(str(version))
+                    logger.warning("alias %r moved to version %s, refused; the current model keeps serving: %s",
+                                   alias, version, refusal)
             except Exception:
                 logger.exception("following alias %r failed; the current model keeps serving", alias)
         return changed

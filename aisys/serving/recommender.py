@@ -11,6 +11,12 @@ Decisions a user of the API will notice:
   (ids it does not know are skipped), then
   :func:`~aisys.features.sequences.recent_window`: exactly the window training
   built with ``user_histories`` (see ``tests/unit/test_feature_parity.py``).
+- **Scoring** goes through the bundle's scorer (:func:`aisys.models.multistage.build_scorer`):
+  ``score_sessions(histories, gaps_s)``, one call per batch (one SASRec forward
+  pass; for ``multistage`` one matrix product per closed-form generator). The gap
+  is :func:`~aisys.features.context.seconds_since_last_event` of the session's
+  ``last_event_time`` and the request's ``now`` (:class:`ScoreRequest`; the
+  service passes its clock, this module never reads one, so tests are deterministic).
 - **A session with at least one known item** is ranked by the model,
   ``fallback=False``. Without a known item, popular items are served with
   ``fallback=True, fallback_reason="unknown_user"``; a bundle without weights
@@ -26,7 +32,8 @@ Decisions a user of the API will notice:
   once, when the recommender is, and the model's top-k comes from it (the index
   over-fetches past the exclusions, and falls back to an exact scan when they
   swallow its candidates). Smaller catalogues, and models without item
-  embeddings, are scored exactly, as before. See docs/retrieval.md.
+  embeddings, are scored exactly, as before. ANN retrieval is a SASRec-only
+  option: a ``multistage`` bundle is always scored exactly. See docs/retrieval.md.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from aisys.features.context import seconds_since_last_event
 from aisys.features.sequences import recent_window
 from aisys.models.bundle import ModelBundle
+from aisys.models.multistage import MULTISTAGE_KIND, SASRecScorer, build_scorer
 from aisys.retrieval.index import DEFAULT_NPROBE, ItemIndex
 from aisys.serving.rules import POPULAR_REASON, explain, mask_items, normalised_rows
 from aisys.serving.session_store import UserSession
@@ -89,11 +98,13 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """One user's request: their session, how many items, and the item ids never to return."""
+    """One user's request: their session, how many items, the item ids never to return, and the request time
+    (``now``, seconds since the epoch; ``None``: unknown, so the gap since the user's last event is unknown)."""
 
     session: UserSession
     k: int
     exclude: frozenset[str] = frozenset()
+    now: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
@@ -122,8 +133,10 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 class Recommender:
     """Top-k items from one :class:`ModelBundle` for sessions (see the module docstring).
 
-    ``model`` is anything with ``score_next(LongTensor (B, T)) -> (B, n_items + 1)``;
-    by default it is rebuilt from the bundle (none when the bundle has no weights).
+    By default the bundle's scorer is rebuilt from it (:func:`~aisys.models.multistage.build_scorer`; none
+    when the bundle has no weights). ``model`` overrides it: anything with
+    ``score_sessions(histories, gaps_s) -> (B, n_items + 1)``, or a SASRec-like
+    ``score_next(LongTensor (B, T)) -> (B, n_items + 1)``.
 
     ``retrieval`` (``"exact"`` or ``"ivf_flat"``), ``retrieval_min_items`` and
     ``nprobe``: see the module docstring. ANN retrieval also needs the model to
@@ -151,21 +164,30 @@ class Recommender:
         torch.set_num_threads(torch_threads)
         self._threads = torch_threads
         self.bundle = bundle
-        if model is None and bundle.state_dict is not None:
-            from aisys.models.sasrec import build_model
-
-            model = build_model(bundle)
-        self.model = model
+        if model is None:
+            scorer = build_scorer(bundle)
+        elif callable(getattr(model, "score_sessions", None)):
+            scorer = model
+        else:
+            scorer = SASRecScorer(model, bundle.max_seq_len)
+        self.scorer = scorer
+        # The SASRec inside (ANN retrieval and "similar to" reasons need its item embeddings).
+        model = getattr(scorer, "model", None) if isinstance(scorer, SASRecScorer) else None
+        if model is None and scorer is not None:
+            model = getattr(getattr(scorer, "sasrec", None), "model", None)
+        self.model = model if model is not None else scorer
         self.item_index = bundle.item_index()
         self._popularity = bundle.popularity_scores()
         if len(bundle.item_categories) == len(bundle.item_ids):
             self._categories: list[str | None] = list(bundle.item_categories)
         else:
             self._categories = [None] * len(bundle.item_ids)
-        emb = getattr(getattr(model, "item_emb", None), "weight", None)
+        emb = getattr(getattr(self.model, "item_emb", None), "weight", None)
         self._unit_emb = normalised_rows(emb.detach().cpu().numpy()) if emb is not None else None
         self.index: ItemIndex | None = None
-        if retrieval != "exact" and model is not None and bundle.n_items >= retrieval_min_items:
+        if retrieval != "exact" and bundle.model_kind == MULTISTAGE_KIND:
+            logger.info("retrieval=%s is a SASRec-only option: the multistage model is scored exactly", retrieval)
+        elif retrieval != "exact" and self.model is not None and bundle.n_items >= retrieval_min_items:
             self.index = self._build_index(retrieval, emb, nprobe)
 
     def _build_index(self, kind: str, emb: Any, nprobe: int) -> ItemIndex | None:
@@ -210,7 +232,9 @@ class Recommender:
         if self.index is not None:
             candidates = self._retrieve(histories, rows, requests)
         else:
-            candidates = {i: self._top(scores, requests[i]) for i, scores in self._score(histories, rows).items()}
+            gaps = [seconds_since_last_event(requests[i].session.last_event_time, requests[i].now) for i in rows]
+            scored = self._score(histories, rows, gaps)
+            candidates = {i: self._top(scores, requests[i]) for i, scores in scored.items()}
         results = []
         for i, (request, history) in enumerate(zip(requests, histories)):
             if i in candidates:
@@ -246,19 +270,15 @@ class Recommender:
         ]
         return Recommendation(items=items, fallback=fallback_reason is not None, fallback_reason=fallback_reason)
 
-    def _score(self, histories: list[list[int]], rows: list[int]) -> dict[int, np.ndarray]:
-        """Model scores ``(n_items + 1,)`` float64 for the given rows, in one batch."""
+    def _score(self, histories: list[list[int]], rows: list[int], gaps: Sequence[float]) -> dict[int, np.ndarray]:
+        """Model scores ``(n_items + 1,)`` float64 for the given rows, in one batch (``gaps[n]``: row ``n``'s)."""
         if not rows:
             return {}
-        windows = np.stack([recent_window(histories[i], self.bundle.max_seq_len) for i in rows])  # (B, T)
-        with torch.inference_mode():
-            scores = self.model.score_next(torch.from_numpy(windows))  # (B, n_items + 1)
-        matrix = scores.detach().to(torch.float64).cpu().numpy() if torch.is_tensor(scores) else np.asarray(
-            scores, dtype=np.float64
-        )
+        scores = self.scorer.score_sessions([histories[i] for i in rows], np.asarray(gaps, dtype=np.float64))
+        matrix = np.asarray(scores, dtype=np.float64)  # (B, n_items + 1)
         expected = len(self.bundle.item_ids)
         if matrix.shape != (len(rows), expected):
-            raise ValueError(f"model.score_next returned shape {matrix.shape}; expected {(len(rows), expected)}")
+            raise ValueError(f"the model's scores have shape {matrix.shape}; expected {(len(rows), expected)}")
         return {row: matrix[n].copy() for n, row in enumerate(rows)}
 
     def _retrieve(

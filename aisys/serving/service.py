@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol
@@ -92,6 +93,7 @@ class ServingCounters:
     events: int = 0
     event_replays: int = 0  # POST /events whose event_id was already applied (a client or HAProxy retry)
     swaps: int = 0
+    champion_refusals: int = 0  # champion versions the alias follower refused: moved by hand, not recorded
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy: ``{"requests": {arm: n}, "fallbacks": {"arm/reason": n}, ...}``."""
@@ -102,6 +104,7 @@ class ServingCounters:
             "events": self.events,
             "event_replays": self.event_replays,
             "swaps": self.swaps,
+            "champion_refusals": self.champion_refusals,
         }
 
 
@@ -185,7 +188,8 @@ class OnlineService:
                 self.counters.cache_hits[arm] += 1
                 return cached
         exclude = excluded_items(session, self.online.exclude) | out_of_stock
-        request = ScoreRequest(session, k, exclude)
+        # The request time: a context-aware model ranks by the gap since the user's last event.
+        request = ScoreRequest(session, k, exclude, now=time.time())
         rec = await self._score_within_budget(served, request, arm)
         self.counters.requests[arm] += 1
         if rec.fallback:

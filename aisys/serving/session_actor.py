@@ -20,7 +20,8 @@ import ray
 
 from aisys.config import AppConfig
 from aisys.runtime import kill_named_actor
-from aisys.serving.session_store import InMemorySessionStore, SessionStore, UserSession
+from aisys.serving.session_cache import VersionedSessionStore
+from aisys.serving.session_store import SessionStore, UserSession
 
 NAMESPACE = "aisys"
 
@@ -32,8 +33,12 @@ def session_actor_name(cfg: AppConfig) -> str:
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
-class SessionStoreActor(InMemorySessionStore):
-    """The in-memory store, held by one actor (its methods never await, so calls apply in arrival order)."""
+class SessionStoreActor(VersionedSessionStore):
+    """The in-memory store, held by one actor (its methods never await, so calls apply in arrival order).
+
+    Its change log (:class:`~aisys.serving.session_cache.VersionedSessionStore`) keeps the replicas' local
+    copies fresh (:class:`~aisys.serving.session_cache.ReplicaSessionCache`).
+    """
 
     async def size(self) -> int:
         return len(self.table)
@@ -68,6 +73,19 @@ class ActorSessionStore(SessionStore):
     async def has_snapshot(self, snapshot_id: str) -> bool:
         return await self.handle.has_snapshot.remote(snapshot_id)
 
+    # Versioned calls, for a replica's local copy (aisys.serving.session_cache.ReplicaSessionCache).
+
+    async def get_many_versioned(self, user_ids: Sequence[str]) -> list[tuple[UserSession, int]]:
+        return await self.handle.get_many_versioned.remote(list(user_ids))
+
+    async def apply_versioned(
+        self, user_id: str, event_id: str, item_id: str, event_type: str, event_time: float | None = None
+    ) -> tuple[UserSession, bool, int]:
+        return await self.handle.apply_versioned.remote(user_id, event_id, item_id, event_type, event_time)
+
+    async def changes_since(self, cursor: tuple[str, int] | None):
+        return await self.handle.changes_since.remote(cursor)
+
 
 def get_or_create_session_actor(cfg: AppConfig, max_items: int | None = None):
     """The workspace's session actor, created on first use (race-free: ``get_if_exists``).
@@ -75,14 +93,26 @@ def get_or_create_session_actor(cfg: AppConfig, max_items: int | None = None):
     Its limits (``online.max_history`` items per user, ``online.max_sessions`` users) are fixed when it is
     created: an actor that outlived a config change keeps the old ones until :func:`drop_session_actor`.
     """
+    from aisys.serving.placement import head_node_resources
+
     return SessionStoreActor.options(
-        name=session_actor_name(cfg), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=session_actor_name(cfg), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        resources=head_node_resources(),  # on the head: a worker node's loss must not take the sessions
     ).remote(max_items or cfg.online.max_history, cfg.online.max_sessions)
 
 
-def actor_session_store(cfg: AppConfig) -> ActorSessionStore:
-    """A :class:`SessionStore` backed by the workspace's shared actor (Ray must be up)."""
-    return ActorSessionStore(get_or_create_session_actor(cfg))
+def actor_session_store(cfg: AppConfig) -> SessionStore:
+    """A :class:`SessionStore` backed by the workspace's shared actor (Ray must be up).
+
+    With ``online.session_sync_every_s > 0`` (the default) reads come from a replica-local copy kept fresh by
+    a short sync (:class:`~aisys.serving.session_cache.ReplicaSessionCache`; staleness bounded by that period).
+    """
+    shared = ActorSessionStore(get_or_create_session_actor(cfg))
+    if cfg.online.session_sync_every_s <= 0:
+        return shared
+    from aisys.serving.session_cache import ReplicaSessionCache
+
+    return ReplicaSessionCache(shared, cfg.online.session_sync_every_s, cfg.online.max_sessions)
 
 
 def drop_session_actor(cfg: AppConfig) -> bool:

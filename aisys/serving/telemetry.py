@@ -492,6 +492,11 @@ class ServingTelemetry:
             "price": event.price,
         })
 
+    @_never_raises
+    def rate_limiter_degraded(self) -> None:
+        """One request was limited without the shared limiter (unreachable): ``aisys_rate_limiter_degraded_total``."""
+        metrics.record_rate_limiter_degraded()
+
     def rate_limit_listener(self, key_tier: Callable[[str | None], str]) -> Callable[[str, str | None], None]:
         """A gateway listener counting 429s in ``aisys_rate_limited_total`` by ``key_tier(key_name)``."""
 

@@ -1,10 +1,12 @@
-"""The training loop in plain torch over plain iterables (no Ray).
+"""The training loop's parts in plain torch over plain iterables (no Ray).
 
 Examples are sliding windows of ``max_seq_len + 1`` items over each user's
 train history: the input is the first ``max_seq_len`` items and the target at
 every position is the item that follows it. Loss is a full softmax
-(cross-entropy over all items) at every non-padding position. Ray Train's
-worker function (``aisys.training.ray_train``) calls these same functions.
+(cross-entropy over all items) at every non-padding position.
+:func:`aisys.training.fit.fit_sasrec` composes these parts into the one epoch
+loop that Ray Train, Tune trials, the evaluation runner and the benchmarks run;
+:func:`evaluate` scores a model with the metrics of :mod:`aisys.evaluation.ranking`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aisys.features.sequences import recent_window
-from aisys.training.metrics import summarize_ranks, target_ranks, top_k_items
-from aisys.training.split import EvalSet
+from aisys.evaluation.protocol import EvalSet
+from aisys.evaluation.ranking import summarize_ranks, target_ranks, top_k_items
 
 
 def seed_everything(seed: int) -> None:
@@ -204,7 +206,7 @@ def evaluate(
     exclude_history: bool = True,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics (see :mod:`aisys.training.metrics`) of ``model`` on ``eval_set``.
+    """Full-ranking metrics (see :mod:`aisys.evaluation.ranking`) of ``model`` on ``eval_set``.
 
     ``model`` is a SASRec (or DDP-wrapped one) or anything with
     ``score_next(windows) -> (B, n_items + 1)`` such as ``PopularityModel``.

@@ -2,8 +2,11 @@
 
 events -> vocabulary + user histories (``aisys.features.sequences``) ->
 leave-last-one-out split -> SASRec on Ray Train (validation reported per
-epoch) -> test metrics of the model and of the popularity baseline on the same
-users -> a :class:`ModelBundle` with lineage -> the MLflow registry.
+epoch) and, for ``model.kind: multistage`` (the default), the closed-form
+generators as Ray tasks and the blend tuned on valid
+(:mod:`aisys.training.multistage`) -> test metrics of the model (through the
+scorer serving uses) and of the popularity baseline on the same users -> a
+:class:`ModelBundle` with lineage -> the MLflow registry.
 
 The caller reads the events (``Lake(uri).read_events(snapshot_id)``) and
 passes them in, so this stage needs no lake and is testable on a table.
@@ -11,6 +14,7 @@ passes them in, so this stage needs no lake and is testable on a table.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,13 +27,14 @@ import torch
 
 from aisys.config import AppConfig
 from aisys.features.sequences import build_vocabulary, user_histories
-from aisys.models.bundle import ModelBundle
+from aisys.models.bundle import MULTISTAGE_FEATURE_SET_VERSION, ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
 from aisys.training.loop import evaluate
-from aisys.training.split import leave_last_one_out
+from aisys.evaluation.protocol import leave_last_one_out
 
 EVAL_K = 10
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +42,7 @@ class TrainOutcome:
     """A trained, registered model: its bundle, test metrics, baseline and registry coordinates."""
 
     bundle: ModelBundle
-    metrics: dict[str, float]  # SASRec on the test split (hr@10, ndcg@10, mrr@10, coverage@10, popularity@10)
+    metrics: dict[str, float]  # the model (its scorer) on the test split (hr@10, ndcg@10, mrr@10, coverage@10, ...)
     baseline_metrics: dict[str, float]  # popularity on the same users
     history: list[dict] = field(default_factory=list)  # per-epoch loss and validation metrics
     run_id: str = ""
@@ -88,7 +93,8 @@ def train_and_register(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
-    """Train SASRec on ``events`` (lake snapshot ``snapshot_id``), evaluate it and register it.
+    """Train ``cfg.model.kind`` (SASRec alone, or the multi-stage model) on ``events`` (lake snapshot
+    ``snapshot_id``), evaluate it through its scorer and register it.
 
     With ``promote`` the new version takes ``cfg.registry.champion_alias`` directly, with no gate (tests and
     benchmarks that need a champion in one call); without, it is registered with no alias and a gate decides
@@ -108,23 +114,38 @@ def train_and_register(
             f"snapshot {snapshot_id!r}: no user has the 3 interactions needed for validation and test"
         )
     storage = Path(cfg.paths.workspace) / "ray_results"
+    max_len = cfg.features.max_seq_len
     step("train")
-    result = train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch)
+    multistage = None
+    if cfg.model.kind == "multistage":
+        result, multistage, titles = _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch)
+    else:
+        result = train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch)
     step("evaluate")
 
-    model = SASRec(SASRecConfig(**result.model_config))
-    model.load_state_dict(result.state_dict)
-    model.eval()
-    max_len = cfg.features.max_seq_len
     with _torch_threads(cfg.train.torch_threads):
-        metrics = evaluate(model, split.test, max_len, k=EVAL_K, item_popularity=vocab.item_popularity)
+        if multistage is not None:
+            from aisys.training.multistage import score_sessions_metrics, valid_and_test_gaps
+
+            _, test_gaps = valid_and_test_gaps(multistage_times(events, vocab), [], split.test.users)
+            metrics = score_sessions_metrics(multistage.scorer, split.test.histories, split.test.targets, test_gaps,
+                                             EVAL_K, vocab.item_popularity)
+        else:
+            metrics = evaluate(_sasrec(result), split.test, max_len, k=EVAL_K, item_popularity=vocab.item_popularity)
         baseline = evaluate(
             PopularityModel(vocab), split.test, max_len, k=EVAL_K, item_popularity=vocab.item_popularity
         )
 
+    model_config = result.model_config
+    extra: dict[str, Any] = {}
+    if multistage is not None:
+        model_config = {"sasrec": result.model_config, "stages": [spec.to_dict() for spec in multistage.specs],
+                        "blend": multistage.blend.to_dict()}
+        extra = {"model_kind": "multistage", "feature_set_version": MULTISTAGE_FEATURE_SET_VERSION,
+                 "arrays": multistage.arrays, "item_titles": list(titles) if "title" in multistage.arrays else []}
     bundle = ModelBundle(
-        model_kind=MODEL_KIND,
-        model_config=result.model_config,
+        model_kind=extra.pop("model_kind", MODEL_KIND),
+        model_config=model_config,
         item_ids=vocab.item_ids,
         item_popularity=vocab.item_popularity,
         state_dict=result.state_dict,
@@ -137,6 +158,7 @@ def train_and_register(
             "best_epoch": result.best_epoch,
         },
         metrics=metrics,
+        **extra,
     )
     params = {
         **{f"model.{k}": v for k, v in result.model_config.items()},
@@ -152,6 +174,13 @@ def train_and_register(
         **{f"test_{k}": v for k, v in metrics.items()},
         **{f"baseline_{k}": v for k, v in baseline.items()},
     }
+    if multistage is not None:
+        params.update(_multistage_params(cfg, multistage))
+        # What each generator added on valid (NDCG@10 lost without it) and the came-back bucket's gain.
+        logged.update({f"valid_gain_{name}": gain for name, gain in multistage.blend.stage_gain.items()})
+        logged.update({"valid_gain_gap_bucket": multistage.blend.bucket_gain,
+                       "valid_blend_ndcg@10": multistage.blend.valid_ndcg,
+                       **{f"seconds_{name}": value for name, value in multistage.seconds.items()}})
     step("register")
     registered = log_and_register(
         cfg,
@@ -171,3 +200,76 @@ def train_and_register(
         model_name=registered.name,
         model_version=registered.version,
     )
+
+
+def _sasrec(result: Any) -> SASRec:
+    """The trained SASRec of a Ray Train result, in eval mode."""
+    model = SASRec(SASRecConfig(**result.model_config))
+    model.load_state_dict(result.state_dict)
+    return model.eval()
+
+
+def multistage_times(events: pa.Table, vocab: Any) -> dict[str, list[float]]:
+    """Each user's event times aligned with their history (:func:`aisys.features.context.user_history_times`)."""
+    from aisys.features.context import user_history_times
+
+    return user_history_times(events, vocab.item_index())
+
+
+def _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch):
+    """SASRec on Ray Train beside the closed-form generators on Ray tasks, then the blend (training/multistage.py)."""
+    from aisys.models.multistage import SASRecScorer
+    from aisys.runtime import init_ray
+    from aisys.training.multistage import train_multistage
+    from aisys.training.ray_train import train_with_ray
+
+    init_ray(cfg)  # the generator fits are submitted before Ray Train starts
+    titles = item_titles(cfg, vocab.item_ids)
+
+    def sasrec_scorer(result):
+        return SASRecScorer(_sasrec(result), cfg.features.max_seq_len)
+
+    with _torch_threads(cfg.train.torch_threads):
+        result, fit = train_multistage(
+            cfg, histories, multistage_times(events, vocab), split, vocab.n_items, titles,
+            lambda: train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch),
+            sasrec_scorer,
+        )
+    return result, fit, titles
+
+
+def item_titles(cfg: AppConfig, item_ids: list[str]) -> list[str] | None:
+    """Titles aligned with the item indices (``""`` for padding and unnamed items), or None when there are none.
+
+    From the lake's product table (``name``; written by ``aisys data`` for the simulator and MovieLens, or an
+    operator's export) or, without one, MovieLens's own titles when ``data.source`` is movielens.
+    """
+    names: dict[str, str] = {}
+    try:
+        from aisys.data.lake import Lake
+        from aisys.data.products import read_products
+
+        table = read_products(Lake.from_config(cfg.paths))
+        if table is not None:
+            names = {i: n or "" for i, n in zip(table.column("item_id").to_pylist(), table.column("name").to_pylist())}
+        elif cfg.data.source == "movielens":
+            from aisys.data.movielens import movielens_folder, read_item_titles
+
+            names = read_item_titles(movielens_folder(cfg.data.movielens, cfg.paths.cache_dir))
+    except (OSError, ValueError) as error:  # titles are optional: the title generator is then off
+        logger.warning("no item titles (%s): the title generator is off", error)
+        return None
+    titles = [names.get(item, "") if item else "" for item in item_ids]
+    return titles if any(titles) else None
+
+
+def _multistage_params(cfg: AppConfig, fit: Any) -> dict[str, Any]:
+    """The MLflow params of a multi-stage run: the stage settings and the tuned blend."""
+    blend = fit.blend
+    params: dict[str, Any] = {f"model.stages.{k}": v for k, v in cfg.model.stages.model_dump().items()}
+    params["blend.stages"] = ",".join(blend.active_stages())
+    params["blend.gap_thresholds_s"] = blend.gap_thresholds
+    for b, weights in enumerate(blend.bucket_weights):
+        for name, weight in zip(blend.stages, weights):
+            params[f"blend.bucket{b}.{name}"] = weight
+    return params

@@ -1,19 +1,20 @@
-"""Ray Train adapter: runs ``aisys.training.loop`` on each worker of a TorchTrainer.
+"""Ray Train adapter: runs :func:`aisys.training.fit.fit_sasrec` on each worker of a TorchTrainer.
 
-The work is the plain loop; this module only moves data to the workers
-(through the object store), shards it, wraps the model for DDP, and reports
-per-epoch metrics with a checkpoint. Each checkpoint holds the model and
-optimizer state, the epoch, the history so far and the best (by validation
-NDCG@10) weights, so a re-created trainer with the same ``RunConfig(name,
-storage_path)`` resumes where it stopped (``ray.train.get_checkpoint()``).
+The work is the one plain-torch fit; this module only moves data to the workers
+(through the object store), shards it per epoch (:func:`_epoch_rows`), wraps the
+model for DDP, and reports per-epoch metrics with a checkpoint from the fit's
+``on_epoch`` hook. Each checkpoint holds the model and optimizer state, the
+epoch, the history so far and the best (by validation NDCG@10) weights
+(:meth:`~aisys.training.fit.FitState.to_checkpoint`), so a re-created trainer
+with the same ``RunConfig(name, storage_path)`` resumes where it stopped
+(``ray.train.get_checkpoint()``).
 
 A worker that dies mid-run (killed, OOM, node lost) is handled by Ray Train's
 ``FailureConfig(max_failures)``: the worker group is restarted and resumes from
-the latest checkpoint. Such a resume trains the same as the uninterrupted run:
-each epoch's batch order comes from ``(seed, epoch)`` and the global RNGs
-(dropout) are re-seeded from :func:`~aisys.training.loop.epoch_seed` at the
-start of every epoch, so the checkpoint needs no RNG state. Every history row
-says where its attempt started (``resumed_from_epoch``: -1 for a fresh start).
+the latest checkpoint. Such a resume trains the same as the uninterrupted run
+(the fit's ``resume`` semantics: each epoch's rows and batches come from
+``(seed, epoch)`` and the global RNGs are re-seeded per epoch). Every history
+row says where its attempt started (``resumed_from_epoch``: -1 for a fresh start).
 """
 
 from __future__ import annotations
@@ -31,21 +32,23 @@ import numpy as np
 import torch
 
 from aisys.config import AppConfig
+from aisys.evaluation.protocol import EvalSet
 from aisys.features.sequences import Vocabulary
-from aisys.models.sasrec import SASRec, SASRecConfig, cpu_state_dict
-from aisys.training.loop import (
-    epoch_seed,
-    evaluate,
-    iterate_batches,
-    seed_everything,
-    train_epoch,
-    training_examples,
+from aisys.models.sasrec import SASRecConfig
+from aisys.training.fit import (
+    RESUMED_FROM,
+    SELECT_METRIC,
+    EpochEnd,
+    FitSettings,
+    FitState,
+    fit_sasrec,
+    validation_metrics,
 )
-from aisys.training.split import EvalSet
+from aisys.training.loop import training_examples
+
+__all__ = ["RESUMED_FROM", "SELECT_METRIC", "RayTrainResult", "train_with_ray"]
 
 _CHECKPOINT_FILE = "train_state.pt"
-SELECT_METRIC = "valid_ndcg@10"
-RESUMED_FROM = "resumed_from_epoch"  # history column: the checkpoint's epoch this attempt started from (-1: none)
 
 _log = logging.getLogger(__name__)
 
@@ -74,82 +77,71 @@ def _epoch_rows(n_rows: int, rank: int, world: int, seed: int) -> np.ndarray:
     return order[rank::world][:per_worker]
 
 
+def loop_config(cfg: AppConfig, model_config: dict[str, Any]) -> dict[str, Any]:
+    """What every worker gets besides the data: the model's config and the fit's settings (all of ``cfg.train``'s
+    that change training: :meth:`FitSettings.from_config`)."""
+    return {
+        "model_config": model_config,
+        "max_seq_len": cfg.features.max_seq_len,
+        "fit": FitSettings.from_config(cfg).to_dict(),
+    }
+
+
+def scaling_settings(cfg: AppConfig, max_failures: int | None = None) -> dict[str, Any]:
+    """The TorchTrainer's workers and restarts from ``cfg.train`` (``max_failures`` overrides the config's)."""
+    return {
+        "num_workers": cfg.train.num_workers,
+        "use_gpu": cfg.train.use_gpu,
+        "resources_per_worker": {"CPU": cfg.train.cpus_per_worker},
+        "max_failures": cfg.train.max_failures if max_failures is None else max_failures,
+    }
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs (see module docstring)."""
     import ray
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(config["torch_threads"])
+    settings = FitSettings(**config["fit"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(config["seed"])  # same init on every rank; DDP also broadcasts rank 0's weights
     inputs, targets = ray.get(config["examples"])
-    valid: EvalSet = ray.get(config["valid"])
     device = ray.train.torch.get_device()
 
-    model = SASRec(SASRecConfig(**config["model_config"]))
-    start_epoch, history, best = 0, [], {"epoch": -1, "metric": -1.0, "state": None}
-    saved_optimizer = None
+    resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        saved_optimizer = state["optimizer"]
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+            payload = torch.load(Path(folder) / _CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        resume = FitState.from_checkpoint(payload)
 
-    model = ray.train.torch.prepare_model(model)  # moves to `device`; DDP when world > 1
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    if saved_optimizer is not None:
-        optimizer.load_state_dict(saved_optimizer)
+    # Only rank 0 validates: Ray Train keeps rank 0's metrics, and the other workers would only repeat the same
+    # computation.
+    validate = validation_metrics(ray.get(config["valid"]), config["max_seq_len"], device=device) if rank == 0 else None
 
-    for epoch in range(start_epoch, config["epochs"]):
-        started = time.perf_counter()
-        # Re-seed per epoch (see the module docstring): a resumed epoch draws the same dropout masks.
-        seed_everything(epoch_seed(config["seed"], epoch))
-        rows = _epoch_rows(len(inputs), rank, world, config["seed"] + epoch)
-        batches = iterate_batches(inputs[rows], targets[rows], config["batch_size"], seed=config["seed"] + epoch)
-        loss = train_epoch(model, batches, optimizer, device, config["loss_horizon"], config["loss_horizon_weight"])
-        metrics: dict[str, float] = {
-            "epoch": epoch,
-            "loss": loss,
-            "epoch_s": time.perf_counter() - started,
-            RESUMED_FROM: start_epoch - 1,
-        }
-        # Validate every `eval_every` epochs and after the last one: on ML-100K a
-        # full-ranking validation costs about as much as a training epoch.
-        validate_now = (epoch + 1) % config["eval_every"] == 0 or epoch == config["epochs"] - 1
-        if rank == 0:
-            # Only rank 0 validates: Ray Train keeps rank 0's metrics, and the
-            # other workers would only repeat the same computation.
-            if validate_now:
-                valid_metrics = evaluate(model, valid, config["max_seq_len"], k=10, device=device)
-                metrics.update({f"valid_{k}": v for k, v in valid_metrics.items() if k != "n_users"})
-            history.append(metrics)
-            if config.get("progress") is not None:
-                # The driver shows it now (`aisys train`'s bar); Ray Train itself hands metrics back only at the end.
-                try:
-                    config["progress"].put_nowait(dict(metrics))
-                except Exception:  # progress is best effort: never fail an epoch over it
-                    pass
-            if validate_now and metrics[SELECT_METRIC] > best["metric"]:
-                best = {"epoch": epoch, "metric": metrics[SELECT_METRIC], "state": cpu_state_dict(model)}
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save(
-                    {
-                        "model": cpu_state_dict(model),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "history": history,
-                        "best": best,
-                        "model_config": config["model_config"],
-                    },
-                    Path(folder) / _CHECKPOINT_FILE,
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+    def report(end: EpochEnd) -> None:
+        if rank != 0:
+            ray.train.report(end.row, checkpoint=None)
+            return
+        if config.get("progress") is not None:
+            # The driver shows it now (`aisys train`'s bar); Ray Train itself hands metrics back only at the end.
+            try:
+                config["progress"].put_nowait(dict(end.row))
+            except Exception:  # progress is best effort: never fail an epoch over it
+                pass
+        with tempfile.TemporaryDirectory() as folder:
+            payload = {**end.checkpoint().to_checkpoint(), "model_config": config["model_config"]}
+            torch.save(payload, Path(folder) / _CHECKPOINT_FILE)
+            ray.train.report(end.row, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    fit_sasrec(
+        SASRecConfig(**config["model_config"]), settings, inputs, targets,
+        validate=validate, select_metric=SELECT_METRIC, on_epoch=report, resume=resume,
+        epoch_rows=lambda epoch: _epoch_rows(len(inputs), rank, world, settings.seed + epoch),
+        prepare_model=ray.train.torch.prepare_model,  # moves to `device`; DDP when world > 1
+        device=device,
+    )
 
 
 def _local_storage(storage_path: str) -> str:
@@ -188,25 +180,15 @@ def train_with_ray(
         raise ValueError(
             f"only {len(inputs)} training windows for train.num_workers={cfg.train.num_workers}: need more events"
         )
-    loop_config = {
+    worker_config = {
+        **loop_config(cfg, model_config),
         "examples": ray.put((inputs, targets)),
         "valid": ray.put(eval_split),
-        "model_config": model_config,
-        "max_seq_len": cfg.features.max_seq_len,
-        "epochs": cfg.train.epochs,
-        "batch_size": cfg.train.batch_size,
-        "lr": cfg.train.lr,
-        "weight_decay": cfg.train.weight_decay,
-        "seed": cfg.train.seed,
-        "torch_threads": cfg.train.torch_threads,
-        "eval_every": cfg.train.eval_every,
-        "loss_horizon": cfg.train.loss_horizon,
-        "loss_horizon_weight": cfg.train.loss_horizon_weight,
     }
     with _epoch_feed(on_epoch) as feed:
         if feed is not None:
-            loop_config["progress"] = feed
-        result = _trainer(cfg, loop_config, storage_path, run_name, max_failures).fit()
+            worker_config["progress"] = feed
+        result = _trainer(cfg, worker_config, storage_path, run_name, max_failures).fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
     if result.checkpoint is None:
@@ -224,27 +206,26 @@ def train_with_ray(
     )
 
 
-def _trainer(cfg: AppConfig, loop_config: dict[str, Any], storage_path: str, run_name: str | None,
+def _trainer(cfg: AppConfig, worker_config: dict[str, Any], storage_path: str, run_name: str | None,
              max_failures: int | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    scaling = scaling_settings(cfg, max_failures)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=worker_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            num_workers=scaling["num_workers"],
+            use_gpu=scaling["use_gpu"],
+            resources_per_worker=scaling["resources_per_worker"],
         ),
         run_config=RunConfig(
             name=run_name or f"sasrec-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=_local_storage(storage_path),
             # Each checkpoint carries the best weights so far, so the latest two suffice.
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(
-                max_failures=cfg.train.max_failures if max_failures is None else max_failures
-            ),
+            failure_config=FailureConfig(max_failures=scaling["max_failures"]),
         ),
     )
 

@@ -2,10 +2,11 @@
 
 events -> vocabulary + histories -> leave-last-one-out split -> ``cfg.tune.num_samples`` random trials over
 ``cfg.tune``'s search space, ``cfg.tune.max_concurrent`` at a time on ``cfg.tune.cpus_per_trial`` CPUs each. A
-trial is a function trainable that runs the plain-torch loop (:mod:`aisys.training.loop`) on the train split
-and reports the validation metrics after every epoch (``tune.report``); ASHA stops the weak ones after
-``grace_period`` epochs. A trial saves a checkpoint only when its validation metric improves, so its one kept
-checkpoint holds its best weights.
+trial is a function trainable that runs the one plain-torch fit (:func:`aisys.training.fit.fit_sasrec`, as Ray
+Train's workers do, with every ``train.*`` setting but the ones Tune owns: ``tune.max_epochs``, the searched
+``lr``, and validation every epoch) on the train split and reports the validation metrics after every epoch
+(``tune.report``); ASHA stops the weak ones after ``grace_period`` epochs. A trial saves a checkpoint only when
+its validation metric improves, so its one kept checkpoint holds its best weights.
 
 MLflow: one parent run per sweep and one child run per trial (tag ``mlflow.parentRunId``) with the trial's
 settings as params and its per-epoch metrics as steps. The child runs are written by the driver after the sweep
@@ -25,14 +26,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pyarrow as pa
 import torch
 
 from aisys.config import AppConfig
-from aisys.models.sasrec import SASRec, SASRecConfig, cpu_state_dict
-from aisys.training.loop import evaluate, iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.training.split import EvalSet
+from aisys.evaluation.protocol import EvalSet
+from aisys.models.sasrec import SASRecConfig
+from aisys.training.fit import EpochEnd, FitSettings, fit_sasrec, validation_metrics
+from aisys.training.loop import training_examples
 from aisys.tuning.tracking import log_sweep, register_best
 
 _CHECKPOINT_FILE = "trial.pt"
@@ -84,15 +85,17 @@ def search_space(cfg: AppConfig) -> dict[str, Any]:
 
 
 def trial_settings(cfg: AppConfig) -> dict[str, Any]:
-    """The settings every trial shares (not searched)."""
-    return {
-        "epochs": cfg.tune.max_epochs,
-        "batch_size": cfg.train.batch_size,
-        "weight_decay": cfg.train.weight_decay,
-        "seed": cfg.train.seed,
-        "torch_threads": cfg.train.torch_threads,
-        "metric": f"valid_{cfg.tune.metric}",
-    }
+    """The settings every trial shares (not searched): the fit's settings from ``cfg.train`` (see
+    :class:`~aisys.training.fit.FitSettings`) except ``lr`` (searched), ``epochs`` (``cfg.tune.max_epochs``, ASHA's
+    ``max_t``) and ``eval_every`` (1: ASHA compares trials at every epoch), plus the metric to select by."""
+    fit = FitSettings.from_config(cfg, epochs=cfg.tune.max_epochs, eval_every=1).to_dict()
+    del fit["lr"]
+    return {**fit, "metric": f"valid_{cfg.tune.metric}"}
+
+
+def trial_fit_settings(params: dict[str, Any]) -> FitSettings:
+    """A trial's :class:`FitSettings`: :func:`trial_settings` plus its searched ``lr``."""
+    return FitSettings.from_dict({**params, "lr": float(params["lr"])})
 
 
 def train_trial(
@@ -105,8 +108,6 @@ def train_trial(
     ``params`` holds the searched keys plus :func:`trial_settings`. ``best_state`` is passed only when the
     validation metric improved: ``{"state_dict", "model_config", "epoch"}``.
     """
-    torch.set_num_threads(params["torch_threads"])
-    seed_everything(params["seed"])
     model_config = SASRecConfig(
         n_items=data.n_items,
         max_seq_len=int(params["max_seq_len"]),
@@ -115,26 +116,21 @@ def train_trial(
         n_heads=int(params["n_heads"]),
         dropout=float(params["dropout"]),
     )
-    model = SASRec(model_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(params["lr"]), weight_decay=params["weight_decay"])
     inputs, targets = training_examples(data.train, model_config.max_seq_len)
-    best = -np.inf
-    for epoch in range(params["epochs"]):
-        started = time.perf_counter()
-        batches = iterate_batches(inputs, targets, params["batch_size"], seed=params["seed"] + epoch)
-        loss = train_epoch(model, batches, optimizer)
-        valid = evaluate(model, data.valid, model_config.max_seq_len, k=EVAL_K)
-        row = {"epoch": epoch, "loss": loss, "epoch_s": time.perf_counter() - started}
-        row.update({f"valid_{k}": v for k, v in valid.items() if k != "n_users"})
-        improved = row[params["metric"]] > best
-        if improved:
-            best = row[params["metric"]]
-        state = (
-            {"state_dict": cpu_state_dict(model), "model_config": model_config.to_dict(), "epoch": epoch}
-            if improved
+
+    def after_epoch(end: EpochEnd) -> None:
+        best = (
+            {"state_dict": end.state.best_state, "model_config": model_config.to_dict(), "epoch": end.epoch}
+            if end.improved
             else None
         )
-        report(row, state)
+        report(end.row, best)
+
+    fit_sasrec(
+        model_config, trial_fit_settings(params), inputs, targets,
+        validate=validation_metrics(data.valid, model_config.max_seq_len, k=EVAL_K),
+        select_metric=params["metric"], on_epoch=after_epoch,
+    )
 
 
 def sasrec_trainable(config: dict[str, Any], data: SweepData) -> None:
@@ -183,7 +179,7 @@ def sweep_events(
     """
     from aisys.features.sequences import build_vocabulary, user_histories
     from aisys.runtime import init_ray
-    from aisys.training.split import leave_last_one_out
+    from aisys.evaluation.protocol import leave_last_one_out
 
     started = time.perf_counter()
     vocab = build_vocabulary(events, cfg.features.event_weights)

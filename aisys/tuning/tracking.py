@@ -17,7 +17,7 @@ from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
 from aisys.training.loop import evaluate
-from aisys.training.split import EvalSet
+from aisys.evaluation.protocol import EvalSet
 
 SWEEP_TAG = "aisys.sweep"
 TRIAL_TAG = "aisys.trial_id"

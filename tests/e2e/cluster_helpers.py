@@ -25,8 +25,9 @@ from tests.e2e.conftest import free_port
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-__all__ = ["BIN", "REPO", "SharedTokenHead", "TokenHead", "free_port", "ray_head", "start_token_head",
-           "stop_cluster", "submit", "wait_until", "commit_events", "train_tiny_champion", "tiny_events"]
+__all__ = ["BIN", "REPO", "SharedTokenHead", "TokenHead", "WorkerNode", "free_port", "ray_head", "start_token_head",
+           "start_worker_node", "stop_cluster", "submit", "wait_until", "commit_events", "train_tiny_champion",
+           "tiny_events"]
 
 
 @dataclass
@@ -216,6 +217,74 @@ class SharedTokenHead:
         if self._head is not None:
             self._head.stop()
             self._head = None
+
+
+@dataclass
+class WorkerNode:
+    """A second node joined to a :class:`TokenHead` on this machine (`ray start --address ... --block`)."""
+
+    proc: subprocess.Popen
+    node_manager_port: int
+
+    def kill(self) -> list[int]:
+        """SIGKILL the node at once, as a machine that dies: its raylet, its agents and every worker process
+        (Ray workers sit in process groups of their own, so the node's process tree is listed first).
+        Returns the pids killed."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.proc.wait(timeout=10)
+        return [proc.pid for proc in procs]
+
+
+def start_worker_node(head: TokenHead, num_cpus: int = 1, resources: dict[str, float] | None = None) -> WorkerNode:
+    """Join a worker node to ``head`` on this machine, on explicit ports, with the head's token.
+
+    It runs with ``--block`` in a session of its own, so :meth:`WorkerNode.kill` finds its whole process tree;
+    :meth:`TokenHead.stop` stops it too (its processes carry the head's temp dir).
+    """
+    node_manager_port = free_port()
+    cmd = [
+        str(BIN / "ray"), "start", f"--address={head.gcs_address}", f"--num-cpus={num_cpus}",
+        "--object-store-memory=200000000", "--disable-usage-stats", "--block",
+        f"--node-manager-port={node_manager_port}", f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--resources={json.dumps(resources or {})}",
+    ]
+    log = open(Path(head.ray_tmp) / "worker-node.log", "w")
+    proc = subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    node = WorkerNode(proc=proc, node_manager_port=node_manager_port)
+
+    def joined() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the worker node exited: {(Path(head.ray_tmp) / 'worker-node.log').read_text()[-2000:]}")
+        return len(alive_nodes(head)) >= 2
+
+    try:
+        wait_until(joined, timeout=90, what="the worker node")
+    except BaseException:
+        node.kill()
+        raise
+    return node
+
+
+def alive_nodes(head: TokenHead) -> list[dict]:
+    """The cluster's ALIVE nodes (the state API over HTTP)."""
+    got = httpx.get(f"{head.url}/api/v0/nodes", headers=head.headers, timeout=30,
+                    params={"limit": 100, "detail": "true"})
+    got.raise_for_status()
+    return [n for n in got.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
 
 def stop_cluster(ray_tmp: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import small_config_dict
+from tests.conftest import seed_mlflow_db, small_config_dict
 from tests.e2e.cluster_helpers import free_port, submit, wait_until
 from tests.e2e.test_jobs_more import Jobs, JobRun
 
@@ -25,9 +25,10 @@ def token_cluster(shared_token_head):
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory) -> dict:
+def state(tmp_path_factory, mlflow_db_template) -> dict:
     """The workspace every job of this module shares, and the overrides each one gets."""
     root = tmp_path_factory.mktemp("jobs")
+    seed_mlflow_db(mlflow_db_template, root / "state" / "mlflow.db")  # the workspace's default tracking URI
     cfg = small_config_dict(root / "state")
     overrides = [
         f"--set=paths.workspace={root / 'state'}",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import seed_mlflow_db
 from tests.e2e.cluster_helpers import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -134,9 +135,10 @@ class Jobs:
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory) -> dict:
+def state(tmp_path_factory, mlflow_db_template) -> dict:
     """A tiny MovieLens folder, a workspace, and the overrides every job gets."""
     root = tmp_path_factory.mktemp("jobs-more")
+    seed_mlflow_db(mlflow_db_template, root / "ws" / "mlflow.db")  # the workspace's default tracking URI
     data = write_tiny_movielens(root / "ml-100k")
     overrides = [
         f"paths.workspace={root / 'ws'}", "data.source=movielens", f"data.movielens.path={data}",

@@ -16,10 +16,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.conftest import seed_mlflow_db
 from tests.e2e.conftest import free_port
 from tests.e2e.test_jobs_more import N_USERS, write_tiny_movielens
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e  # the two that execute a notebook are also `slow`
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
@@ -83,8 +84,10 @@ def summary_of(nb) -> dict:
     return json.loads(text[text.index("{"):])
 
 
-def test_walkthrough_runs_data_to_drift_on_a_tiny_shop(tmp_path):
+@pytest.mark.slow
+def test_walkthrough_runs_data_to_drift_on_a_tiny_shop(tmp_path, mlflow_db_template):
     workspace = tmp_path / "ws"
+    seed_mlflow_db(mlflow_db_template, workspace / "mlflow.db")  # the workspace's default tracking URI
     nb = execute("01-walkthrough.ipynb", {
         "workspace": str(workspace),
         "n_users": 60, "n_items": 40, "n_sessions": 500, "days": 10,
@@ -118,6 +121,7 @@ def test_walkthrough_runs_data_to_drift_on_a_tiny_shop(tmp_path):
         assert Path(path).is_relative_to(Path(cfg.paths.lake_uri) / "reports" / "drift")
 
 
+@pytest.mark.slow
 def test_quality_notebook_shows_the_committed_table_and_runs_a_live_evaluation(tmp_path):
     quality = REPO / "benchmarks" / "results" / "quality.json"
     assert quality.is_file(), f"{quality} is missing: the notebook shows the committed benchmark table"

@@ -3,7 +3,8 @@
 What it proves: the Serve YAML in ``serve_configs/local.yaml`` (only its port, config file and overrides changed)
 deploys through Serve's REST API to a separate cluster, its replicas load the registered champion and the lake
 snapshot it was trained on, and the API answers; `serve shutdown` takes the application down. The Serve YAMLs
-(and the RayService's embedded copy) also validate against Serve's own deploy schema.
+(and the RayService's embedded copy), and what `aisys deploy-config` generates with autoscaling on, also
+validate against Serve's own deploy schema.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from aisys.config import config_from_dict
 from aisys.data.lake import Lake
+from aisys.serving.deploy_config import render_serve_file
 from tests.conftest import small_config_dict
 from tests.e2e.cluster_helpers import BIN, REPO, commit_events, free_port, tiny_events, train_tiny_champion, wait_until
 
@@ -43,6 +45,12 @@ def test_serve_configs_validate_against_serves_deploy_schema():
         assert [app.import_path for app in config.applications] == ["aisys.serving.app:build_app"], name
     service = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
     ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    # Every option the generator can write, in the form Serve's schema takes (the checked-in files use a subset).
+    every_option = ["serve.autoscaling=true", "serve.replica_memory_mb=512", "serve.downscaling_factor=0.5",
+                    "serve.max_queued_requests=8"]
+    variant = render_serve_file(REPO, "configs/local.yaml", every_option, target="variant.yaml")
+    (deployment,) = ServeDeploySchema.model_validate(yaml.safe_load(variant)).applications[0].deployments
+    assert deployment.autoscaling_config["downscaling_factor"] == 0.5 and deployment.max_queued_requests == 8
 
 
 def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path, token_head):

@@ -17,10 +17,11 @@ from aisys.data.simulator import simulate_events
 from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig, cpu_state_dict
-from aisys.registry.mlflow_registry import configure_mlflow, get_model_info, log_and_register, set_alias
-from aisys.registry.promotion import HISTORY_TAG, champion_history, promote, rollback
+from aisys.registry.champion import HISTORY_TAG, champion_history
+from aisys.registry.mlflow_registry import configure_mlflow, get_model_info, log_and_register
+from aisys.registry.promotion import promote, rollback
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.training.split import leave_last_one_out
+from aisys.evaluation.protocol import leave_last_one_out
 from tests.e2e.cluster_helpers import commit_events
 
 torch.set_num_threads(1)
@@ -130,7 +131,7 @@ def test_gate_refuses_worse_and_nan_promotes_better_and_rollback_restores(small_
 
 
 def test_rollback_goes_to_the_last_gated_champion_after_a_manual_change(small_config, tmp_path):
-    """A champion moved outside the gate (e.g. `aisys train`) rolls back to the last champion the gate recorded."""
+    """A champion alias moved by hand (not recorded) rolls back to the last champion aisys recorded."""
     cfg = small_config
     configure_mlflow(cfg)
     client = mlflow.MlflowClient()
@@ -139,7 +140,7 @@ def test_rollback_goes_to_the_last_gated_champion_after_a_manual_change(small_co
     # Rollback only moves aliases and tags: bare versions (no model files) are enough here.
     versions = [str(client.create_model_version(name, source=tmp_path.as_uri()).version) for _ in range(3)]
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(versions[:2]))
-    set_alias(cfg, "champion", versions[2])
+    client.set_registered_model_alias(name, "champion", versions[2])  # by hand: MLflow's own client
 
     assert rollback(cfg) == (versions[2], versions[1])
     assert get_model_info(cfg, "champion")["version"] == versions[1]

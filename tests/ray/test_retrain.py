@@ -36,7 +36,7 @@ from aisys.monitoring.profile import build_profile
 from aisys.registry.mlflow_registry import get_model_info, log_and_register
 from aisys.schemas import EVENT_SCHEMA
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.training.split import leave_last_one_out
+from aisys.evaluation.protocol import leave_last_one_out
 from tests.e2e.cluster_helpers import commit_events
 
 pytestmark = pytest.mark.ray
@@ -142,6 +142,7 @@ def version_tags(cfg, version: str) -> dict:
 # --------------------------------------------------------------------------- the retrain on real parts
 
 
+@pytest.mark.slow  # two Ray Train runs and a Ray Data ingest
 def test_retrain_promotes_a_better_candidate_then_the_gate_refuses_with_a_reason(ray_session, small_config, tmp_path):
     cfg = small_config
     cfg.train.epochs = 6

@@ -1,11 +1,14 @@
-"""Issue 17's attacks against the real deployment ``aisys serve`` builds (Ray Serve, gateway, storefront, HTTP).
+"""Issue 17's attacks against the real deployment ``aisys serve`` builds (Ray Serve, gateway, storefront, HTTP),
+and an operator revoking one shopper session early.
 
 The attacker holds only what an anonymous browser gets from /shop: a shopper session from
 ``POST /shop/session``. The app is the one :func:`aisys.serving.app.start_serving` deploys (the same path as
 tests/ray/test_serve.py, whose lake/registry helpers this reuses), not a twin assembled for the test.
 """
 
+import base64
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,7 @@ import pytest
 import ray
 
 from aisys.gateway import ensure_dev_keys
+from aisys.gateway.revocations import revocations_from_config
 from aisys.serving.app import start_serving, stop_serving
 from aisys.serving.session_actor import NAMESPACE, session_actor_name
 from tests.ray.test_serve import commit_snapshot, free_port, register_untrained, shop_events
@@ -29,6 +33,12 @@ def shopper(url: str) -> tuple[str, dict]:
     assert minted.status_code == 200, minted.text
     body = minted.json()
     return body["user_id"], {"Authorization": f"Bearer {body['token']}"}
+
+
+def session_id(auth: dict) -> str:
+    """The session id inside a shopper token (the test reads its payload; a client never needs to)."""
+    payload = auth["Authorization"].removeprefix("Bearer st_").split(".", 1)[0]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sid"]
 
 
 def collected(cfg) -> list[dict]:
@@ -104,6 +114,27 @@ def test_an_anonymous_browser_cannot_reach_other_users_or_unbound_state(ray_sess
         actor = ray.get_actor(session_actor_name(cfg), namespace=NAMESPACE)
         stats = ray.get(actor.stats.remote())
         assert stats["users"] <= MAX_SESSIONS and stats["evicted"] > 0, stats
+
+        # 7. Early revocation: an operator ends one session on every replica before it expires. Its token gets 401
+        #    on every guarded route. (Renewal with it is refused too, tests/unit/test_gateway_revocation.py; here
+        #    step 5 has emptied this address's mint bucket, which POST /shop/session takes from first.)
+        sid = next(row["sender"] for row in collected(cfg) if row.get("event_id") == "reprice-1").split(":", 1)[1]
+        assert httpx.delete(f"{url}/admin/sessions/{sid}", headers=auth, timeout=30).status_code == 403
+        revoked = httpx.delete(f"{url}/admin/sessions/{sid}", headers=admin, timeout=30)
+        assert revoked.status_code == 200 and revoked.json()["session_id"] == sid, revoked.text
+        event = {"user_id": me, "item_id": "item05", "event_type": "view"}
+        for method, path, body in (("GET", f"/recommendations/{me}", None),
+                                   ("GET", f"/shop/recommendations/{me}", None), ("GET", "/catalogue", None),
+                                   ("GET", "/model", None), ("POST", "/events", event)):
+            answer = httpx.request(method, f"{url}{path}", headers=auth, json=body, timeout=30)
+            assert answer.status_code == 401, (path, answer.text)
+            assert answer.json()["error"]["message"].startswith("revoked shopper session"), path
+        #    The CLI's way (`aisys sessions revoke`): the shared file, which the replica re-reads (keys_reload_s).
+        revocations_from_config(cfg).revoke(session_id(flood_auth))
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/recommendations/{flood_user}", headers=flood_auth, timeout=30).status_code != 401:
+            assert time.monotonic() < deadline, "the replica did not pick up the revocation file"
+            time.sleep(0.2)
 
         # Server-to-server keys keep working exactly as before: any user, any route.
         assert httpx.get(f"{url}/recommendations/user3", headers=admin, timeout=30).status_code == 200

@@ -1,12 +1,15 @@
-"""Zero-downtime swaps and the canary on a live Serve app: replicas follow the registry's aliases."""
+"""Zero-downtime swaps and the canary on a live Serve app: replicas follow the registry's aliases, except a champion
+alias moved by hand (not recorded by aisys), which they refuse."""
 
 import time
 
 import httpx
+import mlflow
 import pytest
 
 from aisys.gateway import ensure_dev_keys
 from aisys.registry.mlflow_registry import set_alias
+from aisys.registry.promotion import rollback
 from aisys.serving.app import start_serving, stop_serving
 from aisys.serving.canary import arm_for_user
 from tests.load import VersionLoad
@@ -41,7 +44,7 @@ def test_swap_under_load_then_canary_then_rollback(ray_session, small_config):
             # 1. Move the champion alias while ~20 requests/s hit the app.
             with VersionLoad(url, key, [f"user{n}" for n in range(12)], k=5) as load:
                 time.sleep(2.0)
-                set_alias(cfg, "champion", v2)
+                set_alias(cfg, "champion", v2)  # our path: recorded in the champion history
                 wait_for(lambda: load.latest_versions() == {v2})
                 time.sleep(1.0)
             outcomes = [r for res in load.results for r in res]
@@ -67,10 +70,17 @@ def test_swap_under_load_then_canary_then_rollback(ray_session, small_config):
             requests = client.get("/admin/counters").json()["requests"]
             assert requests["challenger"] == 2 * n_canary and requests["champion"] >= 2 * (len(users) - n_canary)
 
-            # 3. Rollback is moving the alias back: the replicas follow.
-            set_alias(cfg, "champion", v1)
+            # 3. Rollback moves the alias back (recorded): the replicas follow.
+            assert rollback(cfg) == (v2, v1)
             regular = next(u for u in users if arm_for_user(u, CANARY_SHARE) == "champion")
             wait_for(lambda: client.get(f"/recommendations/{regular}").json()["model_version"] == v1)
+            assert client.get("/admin/counters").json()["swaps"] == 3
+
+            # 4. The champion alias moved by hand in MLflow (no gate, no record): refused, counted, not served.
+            mlflow.MlflowClient().set_registered_model_alias(cfg.registry.model_name, "champion", v2)
+            wait_for(lambda: client.get("/admin/counters").json()["champion_refusals"] == 1)
+            assert client.get("/model").json()["version"] == v1
+            assert client.get(f"/recommendations/{regular}").json()["model_version"] == v1
             assert client.get("/admin/counters").json()["swaps"] == 3
     finally:
         stop_serving(cfg)

@@ -11,7 +11,7 @@ from aisys.cli import main
 from aisys.data.lake import Lake
 from aisys.data.simulator import simulate_events
 from aisys.registry.mlflow_registry import get_model_info
-from aisys.registry.promotion import champion_history
+from aisys.registry.champion import champion_history
 from tests.conftest import small_config_dict
 from tests.e2e.cluster_helpers import commit_events
 

@@ -1,4 +1,5 @@
-"""Train on Ray Train, register in MLflow (SQLite), load back by alias."""
+"""Train on Ray Train (and the multi-stage generators on Ray tasks), register in MLflow (SQLite), load back by alias,
+serve the loaded bundle."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -7,10 +8,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-import torch
 
-from aisys.features.sequences import recent_window
-from aisys.models.sasrec import build_model
+from aisys.models.multistage import build_scorer
 from aisys.registry.mlflow_registry import get_model_info, load_bundle, set_alias
 from aisys.schemas import EVENT_SCHEMA
 from aisys.training.pipeline import train_and_register
@@ -48,7 +47,7 @@ def test_train_register_load_by_alias(ray_session, small_config):
     cfg.train.lr = 0.01
     cfg.model.dropout = 0.0
 
-    outcome = train_and_register(cfg, cyclic_events(), snapshot_id="snap-001")
+    outcome = train_and_register(cfg, cyclic_events(), snapshot_id="snap-001")  # the default kind: multistage
 
     # A real sequential pattern: the model must clearly beat popularity.
     assert outcome.metrics["hr@10"] > 0.8
@@ -66,6 +65,13 @@ def test_train_register_load_by_alias(ray_session, small_config):
     assert run.data.metrics["test_hr_at_10"] == pytest.approx(outcome.metrics["hr@10"])
     assert "baseline_ndcg_at_10" in run.data.metrics
     assert len(client.get_metric_history(outcome.run_id, "loss")) == 6
+    # What each generator added on valid is logged, and the blend's columns are its params.
+    blend = outcome.bundle.model_config["blend"]
+    assert outcome.bundle.model_kind == "multistage" and outcome.bundle.feature_set_version == "multistage-v1"
+    # Every generator was fit (as Ray tasks beside Ray Train) and weighed on valid, whatever the blend kept.
+    assert blend["stages"] == ["sasrec", "ease", "slit", "recentpop_1d", "recentpop_3d"]
+    assert {f"valid_gain_{name}" for name in blend["stages"]} <= set(run.data.metrics)
+    assert run.data.params["blend.stages"].split(",")[0] == "sasrec"
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert "training_curve.png" in artifacts
 
@@ -74,11 +80,22 @@ def test_train_register_load_by_alias(ray_session, small_config):
     assert info["run_id"] == outcome.run_id
     assert info["snapshot_id"] == "snap-001"
     assert bundle.item_ids == outcome.bundle.item_ids
+    # The registered folder carries every stage the blend uses: SASRec's weights and the generators' arrays.
+    assert set(bundle.arrays) == set(outcome.bundle.arrays) and bundle.model_config == outcome.bundle.model_config
 
-    trained, loaded = build_model(outcome.bundle), build_model(bundle)
-    windows = torch.from_numpy(np.stack([recent_window([1, 2, 3], 20), recent_window([7], 20)]))
-    with torch.no_grad():
-        assert torch.equal(trained.score_next(windows), loaded.score_next(windows))
+    trained, loaded = build_scorer(outcome.bundle), build_scorer(bundle)
+    histories, gaps = [[1, 2, 3], [7]], np.array([60.0, 30 * 86_400.0])
+    assert np.array_equal(trained.score_sessions(histories, gaps), loaded.score_sessions(histories, gaps))
+
+    # The serving Recommender serves the loaded bundle: past the seen items, the next item of the walk comes first.
+    from aisys.serving.recommender import Recommender, ScoreRequest
+    from aisys.serving.session_store import UserSession
+
+    seen = ("item03", "item04", "item05")
+    served = Recommender(bundle).recommend_many(
+        [ScoreRequest(UserSession(items=seen, last_event_time=0.0), 5, frozenset(seen), now=60.0)]
+    )[0]
+    assert not served.fallback and served.items[0].item_id == "item06"
 
     # The logged model also loads as a generic pyfunc and recommends what the model ranks first.
     pyfunc = mlflow.pyfunc.load_model(f"models:/{outcome.model_name}@champion")
@@ -86,8 +103,7 @@ def test_train_register_load_by_alias(ray_session, small_config):
     out = pyfunc.predict(pd.DataFrame({"history": [history]}), params={"k": 5})
     assert len(out["item_ids"][0]) == 5 and not set(out["item_ids"][0]) & set(history)
     index = bundle.item_index()
-    with torch.no_grad():
-        scores = loaded.score_next(torch.from_numpy(recent_window([index[h] for h in history], 20)[None]))[0]
+    scores = loaded.score_sessions([[index[h] for h in history]], np.array([np.nan]))[0]
     scores[[index[h] for h in history]] = -np.inf
     assert out["item_ids"][0][0] == bundle.item_ids[int(scores.argmax())]
 
@@ -102,7 +118,7 @@ def test_two_worker_ddp_run_resumes_from_its_latest_checkpoint(ray_session, smal
     """DDP over 2 workers, then a re-created trainer with the same run name continues the run."""
     from aisys.features.sequences import build_vocabulary, user_histories
     from aisys.training.ray_train import train_with_ray
-    from aisys.training.split import leave_last_one_out
+    from aisys.evaluation.protocol import leave_last_one_out
 
     cfg = small_config
     cfg.train.num_workers = 2

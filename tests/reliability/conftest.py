@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from aisys.config import AppConfig, config_from_dict
 from aisys.gateway import Gateway, InMemoryKeyStore, InMemoryRateLimiter, create_key
+from aisys.gateway.revocations import InMemoryRevocationList
 from aisys.gateway.shopper import ShopperTokens
 from aisys.serving.event_log import InMemoryEventLog
 from aisys.serving.routes import build_fastapi_app
@@ -72,7 +73,8 @@ def build_full_app(cfg: AppConfig | None = None) -> FullApp:
     cfg = cfg or reliability_config()
     store = InMemoryKeyStore()
     keys = {scope: create_key(store, f"key-{scope}", [scope]) for scope in SCOPE_KEYS}
-    gateway = Gateway(cfg, store, InMemoryRateLimiter(), tokens=ShopperTokens(secrets.token_bytes(32), 3600.0))
+    gateway = Gateway(cfg, store, InMemoryRateLimiter(), tokens=ShopperTokens(secrets.token_bytes(32), 3600.0),
+                      revocations=InMemoryRevocationList(3600.0))
     log = InMemoryEventLog()
     service = make_service(event_log=log)
     app = build_fastapi_app(service, default_k=DEFAULT_K, max_k=MAX_K, gateway=gateway)

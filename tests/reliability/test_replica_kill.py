@@ -75,6 +75,10 @@ def run_driver(root: Path, *extra: str) -> dict:
 
 @pytest.mark.ray
 def test_a_replica_killed_at_200_requests_per_second_behind_haproxy_fails_no_request(tmp_path):
+    from aisys.config import AppConfig
+
+    # HAProxy is the default ingress (issue 15): what a user of `aisys serve` gets is what is tested here.
+    assert AppConfig().serve.ingress == "haproxy"
     result = run_driver(tmp_path, "--ingress", "haproxy", "--rate", str(RATE))
     haproxy = result["haproxy"]
     print(f"\nreplica kill behind HAProxy: {json.dumps({k: v for k, v in result.items() if k != 'haproxy'})}"

@@ -44,6 +44,7 @@ GUARDED = {
     ("GET", "/catalogue"): "storefront",
     ("GET", "/shop/recommendations/{user_id}"): "recommend",
     ("POST", "/sessions"): "sessions",
+    ("DELETE", "/admin/sessions/{sid}"): "admin",
     ("GET", "/admin/overview"): "admin",
     ("GET", "/admin/reports/drift/latest"): "admin",
 }
@@ -87,7 +88,7 @@ def openapi_operations(app) -> set[tuple[str, str]]:
 
 
 def call(client, method: str, template: str, **headers):
-    path = template.replace("{user_id}", "alice")
+    path = template.replace("{user_id}", "alice").replace("{sid}", "0123456789abcdef")
     body = SAMPLE_BODIES.get(path)
     return client.request(method, path, json=body, headers=headers)
 

@@ -28,18 +28,20 @@ from aisys.models.sasrec import SASRec, SASRecConfig
 from aisys.registry.mlflow_registry import log_and_register
 from aisys.serving.app import APP_NAME, start_serving, stop_serving
 from aisys.serving.deployment import DEPLOYMENT_NAME
-from tests.conftest import small_config_dict
+from tests.conftest import seed_mlflow_db, small_config_dict
 from tests.reliability.conftest import report_figure
 from tests.ray.test_serve import N_USERS, commit_snapshot, free_port, register_untrained, shop_events
 
-pytestmark = [pytest.mark.reliability, pytest.mark.ray]
+pytestmark = [pytest.mark.reliability, pytest.mark.ray, pytest.mark.slow]  # a 2-replica Serve app, a replica kill
 
 CLIENT_THREADS = 4
 
 
 @pytest.fixture(scope="module")
-def serving(ray_session, tmp_path_factory):
-    cfg = config_from_dict(small_config_dict(tmp_path_factory.mktemp("serving-faults")), "tests")
+def serving(ray_session, tmp_path_factory, mlflow_db_template):
+    root = tmp_path_factory.mktemp("serving-faults")
+    seed_mlflow_db(mlflow_db_template, root / "mlflow.db")  # small_config_dict's tracking URI
+    cfg = config_from_dict(small_config_dict(root), "tests")
     cfg.serve.port = free_port()
     cfg.serve.num_replicas = 2
     cfg.online.latency_budget_ms = 5000  # a busy box must not trigger the budget fallback here

@@ -1,21 +1,23 @@
 """The cluster configs: KubeRay manifests validate against the real CRD schemas, token auth stays on, the
-RayService serves exactly ``serve_configs/cluster.yaml``, and the `ray up` YAMLs have a head and an
-autoscaling GPU worker group.
+RayService serves exactly ``serve_configs/cluster.yaml`` and its pods start Ray with the ingress
+``configs/cluster.yaml`` names, and the `ray up` YAMLs have a head and an autoscaling GPU worker group.
 
-Regenerate the RayService's serveConfigV2 from ``serve_configs/cluster.yaml``:
-``.venv/bin/python -m tests.unit.test_cluster_manifests --write``.
+Both Serve texts are generated from ``configs/cluster.yaml`` by ``aisys deploy-config --write``;
+tests/unit/test_deploy_config.py checks that they are what it generates.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+
+from aisys.config import load_config
+from aisys.runtime import INGRESS_ENV, ingress_environment
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO / "cluster" / "kuberay"
@@ -124,8 +126,7 @@ def test_rayservice_embeds_the_cluster_serve_config():
     service = load("rayservice.yaml")
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert embedded == yaml.safe_load(SERVE_CLUSTER.read_text()), (
-        "rayservice.yaml's serveConfigV2 differs from serve_configs/cluster.yaml: "
-        "run .venv/bin/python -m tests.unit.test_cluster_manifests --write")
+        "rayservice.yaml's serveConfigV2 differs from serve_configs/cluster.yaml: run `aisys deploy-config --write`")
     app = embedded["applications"][0]
     assert app["import_path"] == "aisys.serving.app:build_app"
     # The same application the laptop config deploys, with its deployment name.
@@ -137,17 +138,26 @@ def test_rayservice_embeds_the_cluster_serve_config():
 def test_cluster_serve_config_autoscales_within_bounds():
     deployment = yaml.safe_load(SERVE_CLUSTER.read_text())["applications"][0]["deployments"][0]
     scaling = deployment["autoscaling_config"]
-    assert deployment["num_replicas"] == "auto"  # a fixed count would switch the autoscaler off
-    assert 1 <= scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
+    assert "num_replicas" not in deployment  # a fixed count would switch the autoscaler off
+    assert 2 <= scaling["min_replicas"] <= scaling["max_replicas"]  # one replica lost must not take the API down
     assert 0 < scaling["target_ongoing_requests"] <= deployment["max_ongoing_requests"]
     working_dir = (yaml.safe_load(SERVE_CLUSTER.read_text())["applications"][0].get("runtime_env") or {}).get(
         "working_dir")
     assert working_dir is None or "://" in working_dir  # Serve YAMLs need a URI here
 
 
-def test_generated_block_round_trips(tmp_path):
-    """--write reproduces the committed file (the generator and the check agree)."""
-    assert render_rayservice(RAYSERVICE.read_text(), SERVE_CLUSTER.read_text()) == RAYSERVICE.read_text()
+def test_rayservice_pods_start_ray_with_the_configured_ingress():
+    """Serve reads the ingress from the environment of `ray start`: the pods' env must select serve.ingress."""
+    ingress = load_config(REPO / "configs" / "cluster.yaml", environ={}).serve.ingress
+    wanted = ingress_environment(ingress)
+    every_ingress_variable = {key for variables in INGRESS_ENV.values() for key in variables}
+    spec = cluster_spec("rayservice.yaml")
+    for container in containers(spec):
+        env = {e["name"]: e.get("value") for e in container.get("env", []) if e["name"] in every_ingress_variable}
+        assert env == wanted, (f"{container['name']} starts Ray with {env or 'no ingress variables'}, but "
+                               f"configs/cluster.yaml says serve.ingress={ingress} ({wanted or 'none'})")
+    ports = {p["containerPort"] for c in containers(spec) for p in c.get("ports", []) if p.get("name") == "serve"}
+    assert ports == {load_config(REPO / "configs" / "cluster.yaml", environ={}).serve.port}
 
 
 # --- ray up ----------------------------------------------------------------------------------------
@@ -173,24 +183,3 @@ def test_ray_up_config_has_head_and_autoscaling_gpu_workers(cloud):
     setup = "\n".join(config["setup_commands"])
     assert "-c requirements.lock" in setup and "pip install" in setup
 
-
-# --- the generator -----------------------------------------------------------------------------------
-
-
-def render_rayservice(rayservice_text: str, serve_text: str) -> str:
-    """``rayservice_text`` with its ``serveConfigV2: |`` block replaced by ``serve_text`` (indented)."""
-    lines = rayservice_text.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.strip() == "serveConfigV2: |")
-    indent = len(lines[start]) - len(lines[start].lstrip()) + 2
-    end = start + 1
-    while end < len(lines) and (not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) >= indent):
-        end += 1
-    block = [(" " * indent + line if line.strip() else "\n") for line in serve_text.splitlines(keepends=True)]
-    return "".join(lines[: start + 1] + block + lines[end:])
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python -m tests.unit.test_cluster_manifests --write")
-    RAYSERVICE.write_text(render_rayservice(RAYSERVICE.read_text(), SERVE_CLUSTER.read_text()))
-    print(f"wrote serveConfigV2 of {RAYSERVICE.relative_to(REPO)} from {SERVE_CLUSTER.relative_to(REPO)}")

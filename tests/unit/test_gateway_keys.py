@@ -12,20 +12,16 @@ from pathlib import Path
 import pytest
 
 from aisys.gateway.cli_verbs import register
+from aisys.gateway.dev_keys import DEV_ADMIN_NAME, DEV_STOREFRONT_NAME, dev_keys_path, ensure_dev_keys, read_dev_keys
 from aisys.gateway.keys import (
-    DEV_ADMIN_NAME,
-    DEV_STOREFRONT_NAME,
     FileKeyStore,
     InMemoryKeyStore,
     KeyStoreError,
     create_key,
-    dev_keys_path,
-    ensure_dev_keys,
     granted_scopes,
     hash_key,
     keys_file_path,
     list_keys,
-    read_dev_keys,
     revoke_key,
 )
 

@@ -10,7 +10,7 @@ from aisys.training.loop import (
     train_epoch,
     training_examples,
 )
-from aisys.training.split import EvalSet
+from aisys.evaluation.protocol import EvalSet
 
 torch.set_num_threads(1)
 

@@ -115,7 +115,7 @@ def test_item_popularity_counts_train_interactions_per_index():
 
 
 from aisys.evaluation.ranking import ranking_metrics, user_metrics  # noqa: E402
-from aisys.training.metrics import rank_metrics  # noqa: E402
+from aisys.evaluation.ranking import rank_metrics  # noqa: E402
 
 
 def test_known_history_is_not_ranked_and_the_target_always_is():

@@ -31,8 +31,8 @@ def test_popularity_buckets_split_the_catalogue_by_rank():
     labels = popularity_buckets(pop)
     assert labels[0] == ""
     assert labels[1] == "head"  # top 10% of 10 items
-    assert list(labels[2:5]) == ["torso"] * 3  # next 30%
-    assert list(labels[5:]) == ["tail"] * 6
+    assert list(labels[2:6]) == ["torso"] * 4  # next 40%: the gate's shares (registry.holdout imports them)
+    assert list(labels[6:]) == ["tail"] * 5
 
 
 def test_segments_average_each_groups_own_users():
@@ -67,9 +67,10 @@ def test_item_popularity_segment_counts_each_target_of_a_multi_target_user():
     table = segment_metrics(per_user, ["u"], [[]], [[1, 5]], {}, popularity, k=2)
     seg = segments_as_dict(table)
     assert seg["gender=unknown"]["n"] == 1
-    # Item 1 ranks first alone (a hit); item 5 ranks after the 3 non-targets (a miss).
+    # Item 1 ranks first alone (a hit); item 5 (torso: items 2-5 are the next 40%) ranks after the 3 non-targets
+    # (a miss).
     assert seg["item_popularity=head"]["hr@2"] == 1.0
-    assert seg["item_popularity=tail"]["hr@2"] == 0.0
+    assert seg["item_popularity=torso"]["hr@2"] == 0.0
 
 
 def test_misaligned_inputs_are_rejected():

@@ -1,0 +1,232 @@
+"""A replica-local copy of the shared session store: reads without a round trip, staleness bounded.
+
+Asking the shared session actor on every ``GET /recommendations`` put an actor round trip on each request.
+:class:`ReplicaSessionCache` wraps the shared store (:class:`~aisys.serving.session_actor.ActorSessionStore`):
+
+- **reads** are served from this replica's copy; a user the copy does not hold yet is fetched from the shared
+  store once (concurrent misses share one call);
+- **writes** (``POST /events``) go to the shared store first (it decides replays, by ``event_id``) and the
+  answer updates the copy at once, so a replica reads its own writes;
+- **a short sync** asks the shared store every ``sync_every_s`` for the sessions changed since the last sync
+  (``changes_since``, a change cursor kept by the actor) and applies them.
+
+The guarantee, explicitly: an event applied through replica A is seen by a request on replica B at most
+``sync_every_s`` plus one actor call later (default 0.1 s), and at once on replica A. A snapshot bulk-load
+(a new model's seed) clears every copy. Each entry carries the actor's change number, so an older answer that
+arrives late never overwrites a newer one. ``online.session_sync_every_s: 0`` turns the copy off (every read
+asks the shared store, no staleness at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import uuid
+from typing import Any, Mapping, Sequence
+
+from aisys.serving.session_store import InMemorySessionStore, SessionStore, UserSession
+
+logger = logging.getLogger(__name__)
+
+MAX_CHANGE_LOG = 100_000  # users remembered as changed; a replica further behind reloads its copy
+
+
+class VersionedSessionStore(InMemorySessionStore):
+    """The in-memory store with a change log: what the shared session actor holds (pure, no Ray).
+
+    Every applied event bumps a change number ``seq`` and marks its user; :meth:`changes_since` answers the users
+    changed after a replica's cursor. Versioned answers carry ``seq``: the state they hold is the state as of
+    ``seq``. Its methods never await, so in an actor each call runs whole, in arrival order.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = uuid.uuid4().hex  # a re-created actor is a new epoch: every copy starts over
+        self._seq = 0
+        self._floor = 0  # cursors before this must reload (a bulk load, or a change-log entry dropped)
+        self._changed: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def _mark(self, user_id: str) -> None:
+        self._seq += 1
+        self._changed[user_id] = self._seq
+        self._changed.move_to_end(user_id)
+        while len(self._changed) > MAX_CHANGE_LOG:
+            _, seq = self._changed.popitem(last=False)
+            self._floor = max(self._floor, seq)
+
+    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str,
+                    event_time: float | None = None) -> tuple[UserSession, bool]:
+        session, applied = self.table.apply(user_id, event_id, item_id, event_type, event_time)
+        if applied:
+            self._mark(user_id)
+        return session, applied
+
+    async def apply_versioned(self, user_id: str, event_id: str, item_id: str, event_type: str,
+                              event_time: float | None = None) -> tuple[UserSession, bool, int]:
+        session, applied = await self.apply(user_id, event_id, item_id, event_type, event_time)
+        return session, applied, self._seq
+
+    async def get_many_versioned(self, user_ids: Sequence[str]) -> list[tuple[UserSession, int]]:
+        return [(session, self._seq) for session in self.table.get_many(user_ids)]
+
+    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        seeded = self.table.bulk_load(sessions, snapshot_id)
+        if seeded:
+            self._seq += 1
+            self._floor = self._seq  # every copy may hold a seeded user as unknown: all start over
+        return seeded
+
+    async def changes_since(self, cursor: tuple[str, int] | None
+                            ) -> tuple[str, int, dict[str, tuple[UserSession, int]] | None]:
+        """``(epoch, seq, {user: (session, seq)})`` changed after ``cursor``; ``None`` for "reload everything"."""
+        if cursor is None or cursor[0] != self._epoch or cursor[1] < self._floor:
+            return self._epoch, self._seq, None
+        changed = {}
+        for user in reversed(self._changed):  # newest first: stop at the cursor
+            if self._changed[user] <= cursor[1]:
+                break
+            changed[user] = (self.table.get_many([user])[0], self._seq)
+        return self._epoch, self._seq, changed
+
+
+
+class ReplicaSessionCache(SessionStore):
+    """:class:`SessionStore` over a shared store, read from a local copy kept fresh by a short sync."""
+
+    def __init__(self, shared: Any, sync_every_s: float = 0.1, max_users: int = 1_000_000) -> None:
+        """``shared`` is a versioned shared store (``get_many_versioned``, ``apply_versioned``, ``changes_since``)."""
+        if sync_every_s <= 0 or max_users < 1:
+            raise ValueError(f"need sync_every_s > 0 and max_users >= 1, got {sync_every_s}, {max_users}")
+        self.shared = shared
+        self.sync_every_s = sync_every_s
+        self.max_users = max_users
+        self._copy: collections.OrderedDict[str, tuple[UserSession, int]] = collections.OrderedDict()
+        self._cursor: tuple[str, int] | None = None  # (the actor's epoch, its change number) at the last sync
+        self._fetching: dict[str, asyncio.Future] = {}
+        self._sync_task: asyncio.Task | None = None
+        self._generation = 0  # bumped by every reset: a fetch that crossed one does not refill the copy
+        self.hits = self.misses = self.syncs = self.sync_errors = self.resets = 0
+
+    # --- the SessionStore interface -------------------------------------------------------------
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        self._start_sync()
+        if self._cursor is None:  # the first read: take a cursor first, so nothing fetched can miss a change
+            await self.sync()
+        missing = [u for u in dict.fromkeys(user_ids) if u not in self._copy]
+        self.hits += len(user_ids) - len(missing)
+        if missing:
+            await self._fetch(missing)
+        out = []
+        for user in user_ids:
+            entry = self._copy.get(user)
+            if entry is None:  # evicted, or the copy was reset, while fetching: ask once more, directly
+                entry = (await self.shared.get_many_versioned([user]))[0]
+            out.append(entry[0])
+        return out
+
+    async def apply(self, user_id: str, event_id: str, item_id: str, event_type: str,
+                    event_time: float | None = None) -> tuple[UserSession, bool]:
+        session, applied, version = await self.shared.apply_versioned(user_id, event_id, item_id, event_type,
+                                                                      event_time)
+        self._put(user_id, session, version)
+        return session, applied
+
+    async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
+        seeded = await self.shared.bulk_load(sessions, snapshot_id)
+        if seeded:
+            self._reset()
+        return seeded
+
+    async def has_snapshot(self, snapshot_id: str) -> bool:
+        return await self.shared.has_snapshot(snapshot_id)
+
+    # --- the copy -------------------------------------------------------------------------------
+
+    def _put(self, user_id: str, session: UserSession, version: int) -> None:
+        held = self._copy.get(user_id)
+        if held is not None and held[1] > version:
+            return  # a newer state arrived first (a sync and a write crossed)
+        self._copy[user_id] = (session, version)
+        self._copy.move_to_end(user_id)
+        while len(self._copy) > self.max_users:
+            self._copy.popitem(last=False)
+
+    def _reset(self) -> None:
+        self.resets += 1
+        self._generation += 1
+        self._copy.clear()
+
+    async def _fetch(self, users: list[str]) -> None:
+        """Fetch ``users`` into the copy; a user another request is fetching already is awaited, not asked again."""
+        waiting = [self._fetching[u] for u in users if u in self._fetching]
+        asked = [u for u in users if u not in self._fetching]
+        if asked:
+            self.misses += len(asked)
+            future = asyncio.get_running_loop().create_future()
+            for user in asked:
+                self._fetching[user] = future
+            generation = self._generation
+            try:
+                answers = await self.shared.get_many_versioned(asked)
+                if generation == self._generation:
+                    for user, entry in zip(asked, answers):
+                        self._put(user, *entry)
+                future.set_result(None)
+            except BaseException as err:
+                future.set_exception(err)
+                future.exception()  # retrieved: the awaiting requests re-raise it themselves
+                raise
+            finally:
+                for user in asked:
+                    self._fetching.pop(user, None)
+        for future in waiting:
+            await asyncio.shield(future)
+
+    # --- the sync -------------------------------------------------------------------------------
+
+    def _start_sync(self) -> None:
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_every_s)
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the shared store is down: keep serving the copy, try again next tick
+                self.sync_errors += 1
+                if self.sync_errors in (1, 10, 100) or self.sync_errors % 1000 == 0:
+                    logger.warning("session sync failed (%d times): %s: %s", self.sync_errors,
+                                   type(err).__name__, err)
+
+    async def sync(self) -> int:
+        """Apply the sessions changed in the shared store since the last sync; return how many."""
+        epoch, seq, changed = await self.shared.changes_since(self._cursor)
+        self.syncs += 1
+        if changed is None:  # the actor is new, or our cursor fell out of its change log: start over
+            self._reset()
+            changed = {}
+        for user, (session, version) in changed.items():
+            if user in self._copy:  # users this replica never served need no copy
+                self._put(user, session, version)
+        self._cursor = (epoch, seq)
+        return len(changed)
+
+    def stop(self) -> None:
+        """Stop the background sync (the replica is shutting down; may be called from another thread)."""
+        task = self._sync_task
+        if task is None or task.done():
+            return
+        try:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # its loop is closed already: nothing left to cancel
+            pass
+
+    def stats(self) -> dict[str, int]:
+        """Reads from the copy and from the shared store, syncs, failed syncs, resets, users held."""
+        return {"hits": self.hits, "misses": self.misses, "syncs": self.syncs, "sync_errors": self.sync_errors,
+                "resets": self.resets, "users": len(self._copy)}

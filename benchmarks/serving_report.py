@@ -1,0 +1,129 @@
+"""The serving benchmark's table: rows per server and load, ratios to uvicorn from the same run, the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Issue 15's targets, checked on every run (printed, never asserted: the box is shared).
+TARGET_RPS_RATIO = 1.0  # shipped / uvicorn at 16 and 64 clients
+TARGET_P99_64_MS = 100.0
+TARGET_P99_OPEN_MS = 50.0
+TARGET_P50_OVERHEAD_MS = 2.0
+
+
+def closed_cells(mode: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {c["concurrency"]: c for c in mode.get("cells", []) if c["load"] == "closed"}
+
+
+def ratios(modes: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per mode and closed-loop concurrency: requests/s relative to uvicorn's in the same run."""
+    base = next((m for m in modes if m["kind"] == "uvicorn" and m.get("cells")), None)
+    if base is None:
+        return {}
+    ref = closed_cells(base)
+    return {
+        m["mode"]: {str(c): (round(cell["rps"] / ref[c]["rps"], 3) if ref.get(c, {}).get("rps") else None)
+                    for c, cell in closed_cells(m).items()}
+        for m in modes if m["kind"] != "uvicorn"
+    }
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """One line per target for the shipped mode: met, or missed by how much."""
+    shipped = next((m for m in result["modes"] if m["kind"] == "shipped" and m.get("cells")), None)
+    if shipped is None:
+        return ["targets: the shipped mode was not measured"]
+    lines = []
+    ratio = result["ratios"].get(shipped["mode"], {})
+
+    def check(what: str, value: float | None, limit: float, higher_is_better: bool) -> None:
+        if value is None:
+            lines.append(f"  {what}: not measured")
+            return
+        met = value >= limit if higher_is_better else value <= limit
+        how = "met" if met else f"MISSED by {abs(value - limit):.2f} ({value / limit:.2f}x the target)"
+        lines.append(f"  {what}: {value:.2f} (target {'>=' if higher_is_better else '<='} {limit:g}): {how}")
+
+    for c in (16, 64):
+        check(f"rps x uvicorn at {c} clients", ratio.get(str(c)), TARGET_RPS_RATIO, True)
+    check("p99 ms at 64 clients", closed_cells(shipped).get(64, {}).get("p99_ms"), TARGET_P99_64_MS, False)
+    open_cell = next((c for c in shipped["cells"] if c["load"] == "open"), {})
+    check(f"p99 ms at {result['settings']['rate']:g} req/s open loop", open_cell.get("p99_ms"), TARGET_P99_OPEN_MS,
+          False)
+    one = closed_cells(shipped).get(1, {}).get("p50_ms")
+    bare = result["bare_handler"].get("p50_ms")
+    check("p50 overhead ms over the bare handler (1 client)", None if one is None or bare is None else one - bare,
+          TARGET_P50_OVERHEAD_MS, False)
+    return ["targets (shipped):", *lines]
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The printed summary: header (what runs, what differs), one row per mode and load, CPU per process, targets."""
+    s = result["settings"]
+    bare = result["bare_handler"].get("p50_ms")
+    lines = [
+        f"GET /recommendations/{{user}}?k={s['k']}  model: {s['model']}  users: {s['users']}  "
+        f"{result['machine']['cpus']} CPUs  {result['created_at']}",
+        f"aisys serve: configs/local.yaml + AppConfig defaults; changed only: {s['changed']}",
+        f"uvicorn: `uvicorn --workers {s['uvicorn_workers']} --factory` over the same FastAPI app (gateway + "
+        "request metrics + OnlineService); differs: per-worker in-memory rate limiter and session store "
+        "(no shared limit, no shared sessions), no drift-monitor feed, no Ray",
+        f"client: python -m aisys.loadgen (aiohttp, its own process); {s['duration_s']:g} s per cell after "
+        f"{s['warmup_s']:g} s warm-up",
+        "",
+        f"{'mode':<26}{'load':<9}{'rps':>8}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}{'fb':>5}{'x uvic':>8}"
+        f"{'p50-bare':>9}{'cpu ms/req':>11}",
+        "-" * 99,
+    ]
+    ratio = result["ratios"]
+    for m in result["modes"]:
+        if not m.get("cells"):
+            lines.append(f"{m['mode']:<26}FAILED: {m.get('error', '?')[:70]}")
+            continue
+        for c in m["cells"]:
+            closed = c["load"] == "closed"
+            load = f"c={c['concurrency']}" if closed else f"{c['rate']:.0f}/s"
+            r = ratio.get(m["mode"], {}).get(str(c["concurrency"])) if closed else None
+            over = f"{c['p50_ms'] - bare:.2f}" if bare is not None and c["p50_ms"] is not None and \
+                c.get("concurrency") == 1 else ""
+            cpu = c.get("cpu_ms_per_request", {}).get("total")
+            lines.append(f"{m['mode']:<26}{load:<9}{c['rps']:>8.1f}{_f(c['p50_ms']):>9}{_f(c['p99_ms']):>9}"
+                         f"{c['errors']:>5}{c['fallbacks']:>5}{'' if r is None else f'{r:.2f}':>8}{over:>9}"
+                         f"{_f(cpu):>11}")
+    lines.append(f"bare handler (service.recommend in-process, no HTTP): p50 {bare} ms, "
+                 f"p99 {result['bare_handler'].get('p99_ms')} ms")
+    lines.append("")
+    lines.append("CPU ms per request by process (c=64 cell; client = the load generator):")
+    for m in result["modes"]:
+        cell = closed_cells(m).get(64)
+        if cell and cell.get("cpu_ms_per_request"):
+            parts = [f"{k} {v:.2f}" for k, v in cell["cpu_ms_per_request"].items() if k != "total" and v >= 0.05]
+            lines.append(f"  {m['mode']}: " + ", ".join(parts))
+    lines.append(f"load average before/after: {result['loadavg_before']} / {result['loadavg_after']}")
+    lines.extend(targets(result))
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The table as Markdown for docs/serving.md: every row, with ratios, overhead and CPU per request."""
+    bare = result["bare_handler"].get("p50_ms")
+    rows = ["| mode | load | rps | p50 ms | p99 ms | errors | fallbacks | x uvicorn | p50 - bare | server CPU ms/req |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result["modes"]:
+        if not m.get("cells"):
+            rows.append(f"| {m['mode']} | failed: {m.get('error', '?')[:80]} | | | | | | | | |")
+            continue
+        for c in m["cells"]:
+            closed = c["load"] == "closed"
+            r = result["ratios"].get(m["mode"], {}).get(str(c["concurrency"])) if closed else None
+            over = f"{c['p50_ms'] - bare:.2f}" if bare is not None and c["p50_ms"] is not None and \
+                c.get("concurrency") == 1 else ""
+            load = f"{c['concurrency']} clients" if closed else f"{c['rate']:g}/s open loop"
+            rows.append(f"| {m['mode']} | {load} | {c['rps']:.1f} | {_f(c['p50_ms'])} | {_f(c['p99_ms'])} | "
+                        f"{c['errors']} | {c['fallbacks']} | {'' if r is None else f'{r:.2f}'} | {over} | "
+                        f"{_f(c.get('cpu_ms_per_request', {}).get('total'))} |")
+    return "\n".join(rows)

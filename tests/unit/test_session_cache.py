@@ -1,0 +1,90 @@
+"""A replica's local copy of the shared sessions: reads without a round trip, writes seen at once on the same
+replica and within one sync on another; a snapshot load or a new actor resets every copy."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aisys.serving.session_cache import ReplicaSessionCache, VersionedSessionStore
+from aisys.serving.session_store import EMPTY_SESSION, UserSession
+
+
+class CountingShared(VersionedSessionStore):
+    """The shared actor's body, counting the calls a replica makes to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_items=50)
+        self.reads = 0
+
+    async def get_many_versioned(self, user_ids):
+        self.reads += 1
+        return await super().get_many_versioned(user_ids)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_reads_come_from_the_copy_and_writes_show_at_once_here_and_after_a_sync_elsewhere():
+    async def scenario():
+        shared = CountingShared()
+        await shared.bulk_load({"u1": UserSession(items=("a",))}, "snap-1")
+        replica_a, replica_b = (ReplicaSessionCache(shared, sync_every_s=3600) for _ in range(2))
+        assert (await replica_b.get("u1")).items == ("a",)
+        for _ in range(5):
+            await replica_b.get("u1")
+        assert shared.reads == 1 and replica_b.hits == 5  # one fetch, then the copy
+
+        session, applied = await replica_a.apply("u1", "e1", "b", "view", 10.0)
+        assert applied and session.items == ("a", "b")
+        assert (await replica_a.get("u1")).items == ("a", "b")  # read-your-writes on the same replica
+        assert (await replica_b.get("u1")).items == ("a",)  # replica B: stale until its next sync ...
+        assert await replica_b.sync() == 1
+        assert (await replica_b.get("u1")).items == ("a", "b")  # ... and fresh after it
+        _, replayed = await replica_b.apply("u1", "e1", "b", "view", 10.0)
+        assert not replayed  # the shared store still decides replays
+        assert await replica_b.sync() == 0  # nothing changed since
+        replica_a.stop(), replica_b.stop()
+
+    run(scenario())
+
+
+def test_the_background_sync_bounds_staleness():
+    async def scenario():
+        shared = CountingShared()
+        replica_a, replica_b = ReplicaSessionCache(shared, 0.01), ReplicaSessionCache(shared, 0.01)
+        assert await replica_b.get("new") == EMPTY_SESSION  # unknown users are held too: no fetch per request
+        await replica_a.apply("new", "e1", "x", "view")
+        for _ in range(200):  # a few sync periods at most; the loop only bounds a broken sync
+            if (await replica_b.get("new")).items == ("x",):
+                break
+            await asyncio.sleep(0.01)
+        assert (await replica_b.get("new")).items == ("x",) and replica_b.syncs >= 1
+        replica_a.stop(), replica_b.stop()
+
+    run(scenario())
+
+
+def test_a_snapshot_load_or_a_new_actor_resets_every_copy():
+    async def scenario():
+        shared = CountingShared()
+        replica = ReplicaSessionCache(shared, sync_every_s=3600)
+        await replica.sync()
+        assert await replica.get("seeded") == EMPTY_SESSION
+        await shared.bulk_load({"seeded": UserSession(items=("s",))}, "snap-2")  # another replica seeds it
+        await replica.sync()
+        assert replica.resets >= 1 and (await replica.get("seeded")).items == ("s",)
+
+        replica.shared = CountingShared()  # the actor was re-created (a new epoch): start over
+        await replica.sync()
+        assert await replica.get("seeded") == EMPTY_SESSION
+        replica.stop()
+
+    run(scenario())
+
+
+def test_a_late_older_answer_never_overwrites_a_newer_one():
+    replica = ReplicaSessionCache(VersionedSessionStore(), sync_every_s=3600)
+    replica._put("u", UserSession(items=("new",)), 5)
+    replica._put("u", UserSession(items=("old",)), 4)
+    assert replica._copy["u"][0].items == ("new",)
