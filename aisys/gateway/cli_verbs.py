@@ -87,14 +87,22 @@ def purge_key_events(cfg: AppConfig, key_id: str, name: str) -> int:
 
 
 def purge_sender_events(cfg: AppConfig, sender: str, what: str) -> int:
-    """Remove the events whose sender is ``sender`` from the collector files; print and return how many."""
-    from aisys.serving.event_log import collector_folder, purge_sender  # the event log owns its file format
+    """Remove the events whose sender is ``sender`` from the collector (the folder, or the objects under
+    ``paths.collector_uri`` on a cluster); print and return how many."""
+    if cfg.paths.collector_uri:  # a cluster's collector: immutable objects in object storage
+        from aisys.serving.collector_store import purge_sender_objects
 
-    removed = purge_sender(collector_folder(cfg), sender)
+        where = cfg.paths.collector_uri
+        removed = purge_sender_objects(where, sender, cfg.paths)
+    else:
+        from aisys.serving.event_log import collector_folder, purge_sender  # the event log owns its file format
+
+        where = str(collector_folder(cfg))
+        removed = purge_sender(collector_folder(cfg), sender)
     total = sum(removed.values())
     for path, n in removed.items():
         print(f"  {path}: removed {n} event(s)")
-    print(f"purged {total} event(s) sent by {what} from {collector_folder(cfg)} (not yet ingested); "
+    print(f"purged {total} event(s) sent by {what} from {where} (not yet ingested); "
           "events already in a lake snapshot stay there", file=sys.stderr)
     return total
 

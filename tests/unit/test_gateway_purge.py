@@ -86,3 +86,26 @@ def test_revoke_purge_through_the_cli(tmp_path, capsys):
     assert "purged 2 event(s)" in capsys.readouterr().err
     assert [r["sender"] for r in rows(collector_folder(cfg))] == [f"key:{ids['shop']}"]
     assert [r.name for r in FileKeyStore(keys_file_path(cfg)).records()] == ["shop"]
+
+
+def test_revoke_purge_reaches_a_clusters_object_collector(tmp_path, capsys):
+    from aisys.serving.collector_store import ObjectStoreEventLog
+
+    data = small_config_dict(tmp_path)
+    data["paths"]["collector_uri"] = str(tmp_path / "objects")
+    cfg = config_from_dict(data)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))
+    store = FileKeyStore(keys_file_path(cfg))
+    create_key(store, "scraper", ["events"])
+    create_key(store, "shop", ["events"])
+    ids = {r.name: r.key_id for r in store.records()}
+    log = ObjectStoreEventLog(cfg.paths.collector_uri)
+    for n, name in enumerate(("scraper", "shop", "scraper")):
+        log.append({"event_id": f"e{n}", "sender": f"key:{ids[name]}"})
+
+    assert main(["keys", "revoke", "scraper", "--purge", "--config", str(config)]) == 0
+    assert "purged 2 event(s)" in capsys.readouterr().err
+    kept = [json.loads(line) for path in sorted((tmp_path / "objects").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+    assert [r["sender"] for r in kept] == [f"key:{ids['shop']}"]
