@@ -220,7 +220,8 @@ class Lake:
         body = manifest.to_json().encode()
         claim = self._claim_path(manifest.parent_id)
         if self._local:
-            temp = f"{self._manifest_dir()}/.{manifest.snapshot_id}.json.tmp"
+            # A temp name of its own: a concurrent commit may roll this claim forward (`_publish`) meanwhile.
+            temp = f"{self._manifest_dir()}/.{manifest.snapshot_id}.{uuid.uuid4().hex[:8]}.json.tmp"
             with self.fs.open_output_stream(temp) as out:
                 out.write(body)
             try:
@@ -271,7 +272,10 @@ class Lake:
 
     def _publish(self, body: bytes, final: str) -> None:
         """Write ``final`` all-or-nothing: a hidden temp file and a rename locally, one PUT on object stores."""
-        target = f"{final.rsplit('/', 1)[0]}/.{final.rsplit('/', 1)[1]}.tmp" if self._local else final
+        # Unique temp name: the claim's own writer may be publishing the same manifest at the same moment; both
+        # renames put identical bytes under ``final``.
+        folder, name = final.rsplit("/", 1)
+        target = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if self._local else final
         with self.fs.open_output_stream(target) as out:
             out.write(body)
         if self._local:
