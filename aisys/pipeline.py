@@ -1,14 +1,16 @@
-"""Stage compositions shared by the CLI, the demo and the `jobs/` entrypoints.
+"""Stage compositions shared by the CLI, the demo, the `jobs/` entrypoints and the retrain loop.
 
 Each function takes the one :class:`AppConfig` and calls the stage modules; the
 entrypoints stay a few lines long and behave the same on a laptop and under
-``ray job submit``.
+``ray job submit``. Stages never call each other across a hand-off: training
+returns a trained model and :func:`train_and_register` hands it to the registry.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -72,6 +74,69 @@ def ingest(
     return ingest_files(cfg, paths, source=source, on_progress=on_progress)
 
 
+@dataclass
+class TrainOutcome:
+    """A trained, registered model: its bundle, test metrics, baseline and registry coordinates."""
+
+    bundle: Any  # the ModelBundle that was registered
+    metrics: dict[str, float]  # the model (its scorer) on the test split (hr@10, ndcg@10, mrr@10, coverage@10, ...)
+    baseline_metrics: dict[str, float]  # popularity on the same users
+    history: list[dict] = field(default_factory=list)  # per-epoch loss and validation metrics
+    run_id: str = ""
+    model_name: str = ""
+    model_version: str = ""
+    # The gate's verdict on this version (a PromotionOutcome) when it was gated after training
+    # (train_from_lake); None when nobody did.
+    promotion: Any = None
+
+    @property
+    def promoted(self) -> bool | None:
+        """Whether the gate made this version champion (None: not gated)."""
+        return None if self.promotion is None else bool(self.promotion.promoted)
+
+
+def train_and_register(
+    cfg: AppConfig,
+    events: pa.Table,
+    snapshot_id: str,
+    promote: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+    registry: Any = None,
+) -> TrainOutcome:
+    """Train on ``events`` (lake snapshot ``snapshot_id``; :func:`aisys.training.pipeline.train_model`) and
+    register the model with its run in ``registry`` (a :class:`~aisys.registry.interface.ModelRegistry`;
+    default the config's MLflow registry).
+
+    With ``promote`` the new version takes ``cfg.registry.champion_alias`` directly, with no gate (tests and
+    benchmarks that need a champion in one call); without, it is registered with no alias and a gate decides
+    (``aisys train``, the retrain loop). ``on_epoch``/``on_step`` follow the run (``on_step`` gets ``train``,
+    ``evaluate``, ``register``).
+    """
+    from aisys.training.pipeline import train_model
+
+    if registry is None:
+        from aisys.registry.mlflow_registry import MlflowRegistry
+
+        registry = MlflowRegistry(cfg)
+    trained = train_model(cfg, events, snapshot_id, on_epoch=on_epoch, on_step=on_step)
+    if on_step is not None:
+        on_step("register")
+    registered = registry.log_and_register(
+        trained.bundle, trained.params, trained.logged, trained.history, snapshot_id,
+        alias=cfg.registry.champion_alias if promote else None,
+    )
+    return TrainOutcome(
+        bundle=trained.bundle,
+        metrics=trained.metrics,
+        baseline_metrics=trained.baseline_metrics,
+        history=trained.history,
+        run_id=registered.run_id,
+        model_name=registered.name,
+        model_version=registered.version,
+    )
+
+
 def train_from_lake(
     cfg: AppConfig,
     snapshot_id: str | None = None,
@@ -84,16 +149,14 @@ def train_from_lake(
     (:func:`aisys.registry.promotion.promote`) against the current champion on the same snapshot's
     holdout: with no champion yet it is promoted when its guardrails pass (the first model of a workspace);
     otherwise it becomes champion only if it beats the champion. A refused version stays registered. The
-    returned :class:`~aisys.training.pipeline.TrainOutcome` carries the verdict in ``promotion`` (and
+    returned :class:`TrainOutcome` carries the verdict in ``promotion`` (and
     ``promoted``); the version is tagged with the decision run (``aisys.gate_run_id``, ``aisys.gate_decision``).
     ``on_epoch``/``on_step`` follow the run (``on_step`` also gets ``gate``).
     """
     from aisys.data.lake import Lake
-    from aisys.loop.retrain import GATE_DECISION_TAG, GATE_RUN_TAG
     from aisys.registry.mlflow_registry import tag_version
-    from aisys.registry.promotion import promote
+    from aisys.registry.promotion import GATE_DECISION_TAG, GATE_RUN_TAG, promote
     from aisys.runtime import init_ray
-    from aisys.training.pipeline import train_and_register
 
     lake = Lake.from_config(cfg.paths)
     manifest = lake.get(snapshot_id) if snapshot_id else lake.latest()

@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aisys.config import AppConfig
+
+if TYPE_CHECKING:
+    from aisys.config import RayConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +158,8 @@ def quiet_console(verbose: bool = False) -> None:
 
     Only process-level settings: environment variables that MLflow reads at import, logger levels and warning
     filters. Worker logs are kept from the driver by ``init_ray(cfg, log_to_driver=False)``, Ray Data's by
-    :func:`quiet_ray_data` and MLflow's direct prints by :func:`quiet_mlflow`.
+    :func:`quiet_ray_data` and MLflow's direct prints by
+    :func:`aisys.registry.mlflow_registry.quiet_mlflow`.
     """
     import warnings
 
@@ -193,20 +197,6 @@ def quiet_ray_data() -> None:
     log_once("ray_data_progress_manager_disabled")
 
 
-def quiet_mlflow() -> None:
-    """Silence MLflow's direct prints ("Successfully registered model ...", "Created version ...") and warnings.
-
-    Plain ``disable_logging()`` does not last: MLflow re-enables its stream when one of its own internal
-    "quiet" sections ends. Its counted switch (``MlflowEventsAndWarningsBehaviorGlobally``) is entered here
-    for the rest of the process, so those sections nest inside it. Errors still raise.
-    """
-    from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
-
-    MlflowEventsAndWarningsBehaviorGlobally(
-        disable_event_logs=True, disable_warnings=True, reroute_warnings=False
-    ).__enter__()
-
-
 def ingress_environment(ingress: str) -> dict[str, str]:
     """The environment variables that select Serve's HTTP ingress ``ingress`` (``cfg.serve.ingress``)."""
     try:
@@ -234,6 +224,61 @@ def apply_ingress_environment(ingress: str, environ: dict[str, str] | None = Non
     return applied
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve to any interface
+
+
+def private_ray_auth_mode(ray_cfg: "RayConfig", environ: dict[str, str] | None = None) -> str:
+    """``RAY_AUTH_MODE`` for a private Ray: ``disabled`` while nothing listens beyond loopback, ``token`` when
+    the dashboard is bound to another address (it can submit jobs, i.e. run code). An operator's explicit
+    ``RAY_AUTH_MODE`` wins, except ``disabled`` with an exposed dashboard, which is refused."""
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("RAY_AUTH_MODE")
+    exposed = ray_cfg.include_dashboard and not is_loopback(ray_cfg.dashboard_host)
+    if exposed and explicit is not None and explicit.lower() != "token":
+        raise ValueError(
+            f"ray.dashboard_host={ray_cfg.dashboard_host!r} exposes the Ray dashboard beyond this machine, and "
+            f"RAY_AUTH_MODE={explicit} would leave it without auth: unset RAY_AUTH_MODE (token auth is then turned "
+            "on) or bind the dashboard to 127.0.0.1"
+        )
+    return explicit or ("token" if exposed else "disabled")
+
+
+def dashboard_options(ray_cfg: "RayConfig") -> dict[str, Any]:
+    """``ray.init`` keywords for a private Ray's dashboard (host and port only when it is started)."""
+    if not ray_cfg.include_dashboard:
+        return {"include_dashboard": False}
+    options: dict[str, Any] = {"include_dashboard": True, "dashboard_host": ray_cfg.dashboard_host}
+    if ray_cfg.dashboard_port is not None:
+        options["dashboard_port"] = ray_cfg.dashboard_port
+    return options
+
+
+def with_dashboard_link(cfg: AppConfig) -> AppConfig:
+    """``cfg`` with ``serve.ray_dashboard_url`` set to the dashboard of the Ray this process started, when the
+    operator gave none: the operator view (``/ops``, admin key only) links to it. Call after :func:`init_ray`."""
+    if cfg.serve.ray_dashboard_url or cfg.ray.address or not cfg.ray.include_dashboard:
+        return cfg
+    import ray
+
+    if not ray.is_initialized():
+        return cfg
+    # Ray keeps the address its dashboard really bound (the port may be the next free one after 8265).
+    url = ray._private.worker.global_worker.node.address_info.get("webui_url")
+    if not url:
+        return cfg
+    url = url if "://" in url else f"http://{url}"
+    return cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"ray_dashboard_url": url})})
+
+
 def init_ray(cfg: AppConfig, **extra: Any):
     """Connect to Ray as the config says; a no-op if Ray is already up.
 
@@ -253,9 +298,16 @@ def init_ray(cfg: AppConfig, **extra: Any):
                         address, cfg.serve.ingress, ingress_environment(cfg.serve.ingress))
         ray.init(address=address, **extra)
     else:
-        # A private Ray owned by this process tree and torn down with it: token
-        # auth is for shared clusters (`ray start`, KubeRay); see docs/operations.md.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # A private Ray owned by this process tree and torn down with it: token auth is for shared clusters
+        # (`ray start`, KubeRay) and for a dashboard bound beyond loopback; see docs/operations.md.
+        was = os.environ.get("RAY_AUTH_MODE")
+        auth_mode = os.environ["RAY_AUTH_MODE"] = private_ray_auth_mode(cfg.ray)
+        if auth_mode == "token" and was != "token":
+            # Ray read RAY_AUTH_MODE into its cached config when it was imported; re-read it (as ray.init does
+            # when it turns token auth on by itself), or this driver would talk to its own GCS without the token.
+            from ray._raylet import Config
+
+            Config.initialize("")
         for key, value in PRIVATE_RAY_ENV.items():
             os.environ.setdefault(key, value)
         apply_ingress_environment(cfg.serve.ingress)
@@ -263,7 +315,7 @@ def init_ray(cfg: AppConfig, **extra: Any):
             num_cpus=cfg.ray.num_cpus,
             num_gpus=cfg.ray.num_gpus,
             object_store_memory=cfg.ray.object_store_memory_mb * 1024 * 1024,
-            include_dashboard=cfg.ray.include_dashboard,
+            **dashboard_options(cfg.ray),
             configure_logging=True,
             logging_level="WARNING",
             **extra,

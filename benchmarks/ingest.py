@@ -3,7 +3,7 @@
 Both paths read the same Parquet raw files (1% duplicated ids, 0.5% broken rows) in
 the same run on the same machine, and share the pure functions validate_events and
 Lake.write_event_files. The pyarrow path dedupes with dedupe_events; the Ray path
-applies the same rule to the keys only (aisys.data.ingest.pick_winners, tested
+applies the same rule to the keys only (aisys.data.ingest_blocks.pick_winners, tested
 against dedupe_events). After timing, the benchmark asserts that both paths agree:
 identical manifest counts and identical lake contents (every row of both snapshots).
 

@@ -1,6 +1,17 @@
-"""Recommendation quality on MovieLens-100K: both splits x every model, mean and std over seeds.
+"""Recommendation quality on MovieLens-100K: the model that ships per split and seed, what each stage adds.
 
-Runs the offline protocol (docs/evaluation.md) through ``aisys.evaluation.runner``:
+By default (``python benchmarks/quality.py``) the shipped model -- the default model kind, trained as `aisys train`
+does, its lists from the serving Recommender (``benchmarks/quality_shipped.py``, what `aisys evaluate` without
+``--model`` runs) -- is evaluated on both splits with seeds 0, 1, 2 (``train.seed``): test metrics mean +- std,
+and a per-stage table (each stage's valid NDCG@10 gain recorded at training, and the test NDCG@10 change when it is
+dropped from the trained blend). ``--models`` adds rows of the evaluation runner's models (below);
+``--no-shipped`` leaves the shipped rows out.
+
+    python benchmarks/quality.py                                   # shipped model, 2 splits x 3 seeds
+    python benchmarks/quality.py --splits loo --seeds 0            # one training
+    python benchmarks/quality.py --no-shipped --models ease pop    # runner models only
+
+The runner's models run the offline protocol (docs/evaluation.md) through ``aisys.evaluation.runner``:
 each model is tuned on its split's valid task with seed 0, then refit on the
 test task once per seed with the chosen settings (the deterministic models --
 popularity, item-kNN, EASE -- are fit once: their std is 0 by construction).
@@ -9,7 +20,6 @@ train seconds (mean +- std), writes ``benchmarks/results/quality.json`` and a
 plot of NDCG@10 by segment (gender, age band, activity, target popularity)
 as ``benchmarks/results/quality_segments.html`` (plotly, self-contained).
 
-    python benchmarks/quality.py                      # everything, 3 seeds
     python benchmarks/quality.py --models ease pop --splits loo --seeds 0
     python benchmarks/quality.py --cache-dir /tmp/mlcache --set train.torch_threads=1
 
@@ -51,13 +61,15 @@ from aisys.evaluation.runner import (
 )
 from aisys.evaluation.segments import demographics_from_table, segment_metrics
 
+from quality_shipped import SHIPPED, print_stage_table, run_shipped, stage_table
+
 DETERMINISTIC = {"pop", "itemknn", "ease", "recentpop", "ease-recency", "slit"}
 ORDER = (
-    "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease",
+    SHIPPED, "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease",
     "sasrec+ease+slit+recentpop", "sasrec+ctx-blend", "sasrec+ctx-blend+title",
 )
-# The default run: `sasrec+ease` (the previous blend) is a special case of the recency blend.
-DEFAULT_MODELS = (
+# The runner's models of `--models all`: `sasrec+ease` (the previous blend) is a special case of the recency blend.
+ALL_RUNNER_MODELS = (
     "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec", "sasrec+ease+slit+recentpop",
     "sasrec+ctx-blend", "sasrec+ctx-blend+title",
 )
@@ -129,13 +141,15 @@ def _run_unit_in_worker(unit, models, overrides, fit_cache):
 
 
 def run(models, splits, seeds, overrides, log, jobs: int = 1, tune_each_seed: bool = False,
-        fit_cache: str | None = None) -> dict:
-    """Evaluate every (split, model, seed); returns the JSON-ready results.
+        fit_cache: str | None = None, shipped: bool = True, ablate: bool = True) -> dict:
+    """Evaluate the shipped model (``shipped``) and every runner (split, model, seed); returns the JSON-ready results.
 
-    ``jobs > 1`` runs the units (see :func:`units`) in that many processes.
+    ``jobs > 1`` runs the runner's units (see :func:`units`) in that many processes.
     """
     work = units(models, splits, seeds, tune_each_seed)
     runs, segments = [], []
+    if shipped:
+        runs += run_shipped(splits, seeds, overrides, log, ablate)
     if jobs <= 1:
         results = [run_unit(unit, models, overrides, fit_cache, log) for unit in work]
     else:
@@ -153,7 +167,7 @@ def run(models, splits, seeds, overrides, log, jobs: int = 1, tune_each_seed: bo
         "protocol": "docs/evaluation.md", "seeds": list(seeds), "tune_each_seed": tune_each_seed,
         "preset": list(ML100K_PRESET), "split_preset": {k: list(v) for k, v in ML100K_SPLIT_PRESET.items()},
         "overrides": list(overrides), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "runs": runs, "segments": segments, "summary": summarize(runs),
+        "runs": runs, "segments": segments, "summary": summarize(runs), "stages": stage_table(runs),
     }
 
 
@@ -164,7 +178,7 @@ def keep_earlier(results: dict, earlier: dict, source: str) -> dict:
     segments = [s for s in earlier["segments"] if (s["split"], s["model"]) not in fresh]
     runs = kept + results["runs"]
     return {**results, "runs": runs, "segments": segments + results["segments"], "summary": summarize(runs),
-            "kept_from": {"path": source, "pairs": sorted({f"{r['split']}/{r['model']}" for r in kept})}}
+            "stages": stage_table(runs), "kept_from": {"path": source, "pairs": sorted({f"{r['split']}/{r['model']}" for r in kept})}}
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -198,11 +212,13 @@ def print_table(summary: list[dict]) -> None:
     Console(width=200).print(table)
 
 
-def write_segment_plot(segments: list[dict], path: Path) -> Path:
+def write_segment_plot(segments: list[dict], path: Path) -> Path | None:
     """Grouped bars of mean NDCG@10 per segment and model, one panel per split (plotly HTML)."""
     import plotly.express as px
 
     frame = pd.DataFrame(segments)
+    if frame.empty:
+        return None
     frame["segment"] = frame["dimension"] + "=" + frame["segment"]
     mean = frame.groupby(["split", "model", "segment"], as_index=False, sort=False)["ndcg@10"].mean()
     figure = px.bar(mean, x="segment", y="ndcg@10", color="model", barmode="group", facet_row="split",
@@ -215,7 +231,10 @@ def write_segment_plot(segments: list[dict], path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=[], choices=[*MODEL_NAMES, "all"],
+                        help="runner models to add as rows ('all': every one of them); default none")
+    parser.add_argument("--no-shipped", action="store_true", help="leave out the shipped model's rows")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the test NDCG@10 with each stage dropped")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--cache-dir", default=None, help="MovieLens download cache (paths.cache_dir)")
@@ -232,15 +251,18 @@ def main() -> None:
                         help="an earlier quality.json: its (split, model) rows not re-run here are kept")
     args = parser.parse_args()
     overrides = list(args.overrides) + ([f"paths.cache_dir={args.cache_dir}"] if args.cache_dir else [])
-    results = run(args.models, args.splits, args.seeds, overrides, _print_log, args.jobs, args.tune_each_seed,
-                  None if args.no_fit_cache else args.fit_cache)
+    models = list(ALL_RUNNER_MODELS) if "all" in args.models else args.models
+    results = run(models, args.splits, args.seeds, overrides, _print_log, args.jobs, args.tune_each_seed,
+                  None if args.no_fit_cache else args.fit_cache, not args.no_shipped, not args.no_ablation)
     if args.keep_from:
         results = keep_earlier(results, json.loads(args.keep_from.read_text()), str(args.keep_from))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=float))
     plot = write_segment_plot(results["segments"], args.out / "quality_segments.html")
     print_table(results["summary"])
-    print(f"results -> {args.out / 'quality.json'}; segment plot -> {plot}")
+    if results["stages"]:
+        print_stage_table(results["stages"])
+    print(f"results -> {args.out / 'quality.json'}" + (f"; segment plot -> {plot}" if plot else ""))
 
 
 if __name__ == "__main__":

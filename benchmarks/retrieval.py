@@ -22,21 +22,38 @@ names the fastest setting of each kind reaching ``--target`` recall. A last row
 repeats that IVF-Flat setting with ``--exclude`` items excluded per query (taken from each query's exact top 2k: a user's history sits near the
 user), against exact with the same exclusions, and counts exact fallbacks.
 
+At 10M items the run is memory-conscious: the catalogue is generated in float32 chunks into one
+preallocated matrix (no float64 or full-size temporaries), the exact index references that matrix, each ANN
+index is built, measured and freed before the next, and index sizes are computed from the Faiss structures
+instead of serialising a multi-GiB copy. ``--build-threads`` lets k-means and ``add`` use more cores than the
+search latencies are measured with. Results (rows, settings, peak RSS, load average) go to
+``benchmarks/results/retrieval_<items>.json``.
+
     python benchmarks/retrieval.py                       # 1M x 64, all kinds
     python benchmarks/retrieval.py --items 100000 --kinds exact,ivf_flat
+    python benchmarks/retrieval.py --items 10000000 --kinds ivf_flat,ivf_pq --k 10 --batch 64 --queries 192 \
+        --build-threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import resource
+import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import psutil
 
 from aisys.retrieval import ExactIndex, FaissIndex, ItemIndex, make_index
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GENERATE_CHUNK = 1_000_000  # rows generated at a time: bounds the temporaries to ~256 MiB at 64 dimensions
 
 # Search settings measured per kind, cheapest first.
 SWEEPS: dict[str, list[dict]] = {
@@ -50,15 +67,19 @@ def clustered_catalogue(
     n_items: int, dim: int, n_clusters: int, rng: np.random.Generator, spread: float = 0.6
 ) -> np.ndarray:
     """``(n_items, dim)`` float32 item vectors from a Gaussian mixture with Zipf-sized clusters
-    and log-normal norms."""
+    and log-normal norms, generated :data:`GENERATE_CHUNK` rows at a time into one matrix."""
     centres = rng.standard_normal((n_clusters, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     sizes = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
-    labels = rng.choice(n_clusters, size=n_items, p=sizes / sizes.sum())
-    items = rng.standard_normal((n_items, dim), dtype=np.float32)
-    items *= np.float32(spread / np.sqrt(dim))
-    items += centres[labels]
-    items *= rng.lognormal(0.0, 0.3, size=(n_items, 1)).astype(np.float32)
+    p = sizes / sizes.sum()
+    items = np.empty((n_items, dim), dtype=np.float32)
+    for start in range(0, n_items, GENERATE_CHUNK):
+        block = items[start : start + GENERATE_CHUNK]  # a view: filled in place
+        labels = rng.choice(n_clusters, size=block.shape[0], p=p)
+        rng.standard_normal(block.shape, dtype=np.float32, out=block)
+        block *= np.float32(spread / np.sqrt(dim))
+        block += centres[labels]
+        block *= rng.lognormal(0.0, 0.3, size=(block.shape[0], 1)).astype(np.float32)
     return items
 
 
@@ -88,22 +109,51 @@ def _rss() -> int:
 
 
 def index_bytes(index: ItemIndex, items: np.ndarray) -> int:
-    """Bytes the index holds: the item matrix for exact, the serialised Faiss index otherwise."""
+    """Bytes the index holds: the item matrix for exact; for Faiss, the sum of its parts (see
+    :func:`faiss_bytes`), which equals the serialised size to within headers without making that copy."""
     if isinstance(index, FaissIndex):
-        import faiss
-
-        return int(faiss.serialize_index(index.index).nbytes)
+        return faiss_bytes(index.index)
     return int(items.nbytes)
 
 
-def timed_build(kind: str, items: np.ndarray, threads: int, seed: int) -> tuple[ItemIndex, float, int]:
-    """A built index, its build seconds and the RSS growth of the process (bytes)."""
+def faiss_bytes(index) -> int:
+    """Payload bytes of an IVF (Flat or PQ), refine-flat or flat Faiss index: codes, ids, centroids, codebooks."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss_bytes(index.base_index) + faiss_bytes(index.refine_index)
+    if isinstance(index, faiss.IndexFlatCodes):
+        return int(index.ntotal * index.code_size)
+    if isinstance(index, faiss.IndexIVF):
+        lists = index.invlists
+        stored = sum(lists.list_size(i) for i in range(index.nlist))
+        total = stored * (index.code_size + 8) + faiss_bytes(index.quantizer)  # codes + int64 ids + centroids
+        if isinstance(index, faiss.IndexIVFPQ):
+            total += int(index.pq.M * index.pq.ksub * index.pq.dsub * 4)  # the PQ codebooks
+        return int(total)
+    return int(faiss.serialize_index(index).nbytes)  # other kinds (HNSW): small enough to copy
+
+
+def timed_build(kind: str, items: np.ndarray, threads: int, seed: int,
+                build_threads: int | None = None) -> tuple[ItemIndex, float, int]:
+    """A built index (searching with ``threads``), its build seconds (with ``build_threads``) and the RSS
+    growth of the process (bytes)."""
     before = _rss()
     start = time.perf_counter()
-    index = make_index(kind, threads=threads) if kind == "exact" else make_index(kind, threads=threads, seed=seed)
+    if kind == "exact":
+        index = make_index(kind, threads=threads)
+    else:
+        index = make_index(kind, threads=build_threads or threads, seed=seed)
     index.build(items)
     seconds = time.perf_counter() - start
+    index.threads = threads  # search latencies are measured with --threads
     return index, seconds, _rss() - before
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def latencies(index: ItemIndex, queries: np.ndarray, k: int, batch: int,
@@ -159,18 +209,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--kinds", default="ivf_flat,hnsw,ivf_pq", help="ANN kinds to compare with exact.")
     parser.add_argument("--exclude", type=int, default=50, help="Items excluded per query in the last row (0: skip).")
-    parser.add_argument("--threads", type=int, default=1, help="torch and Faiss threads.")
+    parser.add_argument("--threads", type=int, default=1, help="torch and Faiss threads for searches.")
+    parser.add_argument("--build-threads", type=int, default=None,
+                        help="Faiss threads for k-means and add (default: --threads); searches keep --threads.")
     parser.add_argument("--target", type=float, default=0.95, help="Recall@k the chosen setting must reach.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default benchmarks/results/retrieval_<items>.json)")
     args = parser.parse_args(argv)
     args.clusters = args.clusters or max(8, args.items // 1000)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    kinds = [k for k in args.kinds.split(",") if k and k != "exact"]  # exact is always measured: it is the truth
+    for kind in kinds:
+        if kind not in SWEEPS:
+            parser.error(f"--kinds: unknown kind {kind!r}; use {', '.join(SWEEPS)}")
+    if args.queries < args.batch:
+        parser.error(f"--queries ({args.queries}) must be at least --batch ({args.batch})")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(args.threads, args.build_threads or 1)))
+    started, loadavg_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     items = clustered_catalogue(args.items, args.dim, args.clusters, rng)
     queries = queries_near_items(items, args.queries, rng)
-    print(f"generated {args.items:,} x {args.dim} items in {time.perf_counter() - t0:.1f} s")
+    generate_s = time.perf_counter() - t0
+    print(f"generated {args.items:,} x {args.dim} float32 items ({items.nbytes / 2**30:.2f} GiB) in "
+          f"{generate_s:.1f} s", flush=True)
 
     exact, build_s, rss = timed_build("exact", items, args.threads, args.seed)
     exact1, truth = latencies(exact, queries, args.k, 1)
@@ -180,9 +243,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _print_table(rows, args)
 
     default_row = None
-    for kind in [k for k in args.kinds.split(",") if k]:
-        index, build_s, rss = timed_build(kind, items, args.threads, args.seed)
+    for kind in kinds:
+        index, build_s, rss = timed_build(kind, items, args.threads, args.seed, args.build_threads)
         size = index_bytes(index, items)
+        print(f"  built {kind} in {build_s:.1f} s: {size / 2**20:.0f} MiB, RSS +{rss / 2**20:.0f} MiB", flush=True)
         for setting in SWEEPS[kind]:
             for key, value in setting.items():
                 setattr(index, key, value)
@@ -200,11 +264,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if default_row:
         rows.append(default_row)
     _print_table(rows, args)
-    for kind in [k for k in args.kinds.split(",") if k]:
+    chosen = {}
+    for kind in kinds:
         best = _chosen(rows, kind, args.target)
+        chosen[kind] = best and best["params"]
         print(f"fastest {kind} with recall@{args.k} >= {args.target}: "
               + (f"{best['params']} ({best['b1_p50']:.2f} ms p50, recall {best['recall']:.3f}, "
                  f"build {best['build_s']:.1f} s)" if best else "none"))
+    wall_s = time.perf_counter() - started
+    print(f"peak RSS {peak_rss_mib():.0f} MiB; wall {wall_s:.0f} s; load average before/after "
+          f"{loadavg_before} / {[round(x, 2) for x in os.getloadavg()]}")
+    out = args.out or RESULTS / f"retrieval_{args.items}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "benchmarks/retrieval.py",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python benchmarks/retrieval.py", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {key: (str(v) if isinstance(v, Path) else v) for key, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count()},
+        "generate_s": round(generate_s, 1), "wall_s": round(wall_s, 1), "peak_rss_mib": round(peak_rss_mib()),
+        "loadavg_before": loadavg_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "chosen": chosen,
+        "rows": [{key: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for key, v in r.items()}
+                 for r in rows],
+    }, indent=2) + "\n")
+    print(f"wrote {out}")
     return rows
 
 

@@ -140,7 +140,8 @@ async def local_service(cfg: AppConfig):
     from aisys.data.lake import Lake
     from aisys.registry.mlflow_registry import load_bundle
     from aisys.serving.api_models import ModelOut
-    from aisys.serving.event_log import JsonlEventLog, collector_folder
+    from aisys.serving.collector_store import collector_folder
+    from aisys.serving.event_log import JsonlEventLog
     from aisys.serving.recommender import Recommender, retrieval_options
     from aisys.serving.rules import JsonFileInventory
     from aisys.serving.service import OnlineService, ServedModel

@@ -4,7 +4,7 @@
   turns every known failure into one line on stderr and a documented exit code;
 - :mod:`aisys.cli.verbs`: the stage verbs (config, data, ingest, snapshots, train, serve, evaluate, retrain,
   demo); ``tune``/``promote``/``rollback`` live in :mod:`aisys.cli.model_verbs`, ``keys`` in
-  :mod:`aisys.gateway.cli_verbs`;
+  :mod:`aisys.cli.access_verbs` (with ``sessions``);
 - :mod:`aisys.cli.errors`: the exit codes and the exception -> (code, message) mapping;
 - :mod:`aisys.cli.progress`: bars on a terminal, plain periodic lines elsewhere.
 

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.set_defaults(func=func)
         add_verb_arguments(name, p)
-    from aisys.gateway.cli_verbs import register as register_keys
+    from aisys.cli.access_verbs import register as register_keys
     from aisys.cli.model_verbs import register as register_registry
 
     register_registry(sub, _common)  # tune, promote, rollback

@@ -57,6 +57,6 @@ def start_ray(cfg: AppConfig, args: argparse.Namespace):
 def quiet_registry(args: argparse.Namespace) -> None:
     """Without ``-v``, MLflow's direct prints ("Successfully registered model ...") are silenced."""
     if not is_verbose(args):
-        from aisys.runtime import quiet_mlflow
+        from aisys.registry.mlflow_registry import quiet_mlflow
 
         quiet_mlflow()

@@ -254,36 +254,20 @@ def cmd_retrain(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(cfg: AppConfig, args: argparse.Namespace) -> int:
-    """Evaluate a model on MovieLens-100K under the offline protocol and export its top-100 lists."""
-    from rich.table import Table
+    """Evaluate on MovieLens-100K under the offline protocol and export the test top-100 lists.
 
-    from aisys.evaluation.runner import evaluate_model, load_movielens_interactions, ml100k_config, write_export
+    Without --model: the model that ships, trained as `aisys train` does, its lists from the serving Recommender
+    (registers nothing unless --register). With --model NAME: one model of the evaluation runner.
+    """
+    from aisys.cli.evaluate_verb import evaluate_model_verb, evaluate_shipped_verb
 
     if args.dataset != "ml-100k":
         raise ValueError(f"--dataset {args.dataset!r} is not supported; use ml-100k")
-    # The tuned ML-100K settings sit beneath the user's own --set overrides.
-    cfg = ml100k_config(args.config, args.overrides, args.split)
-    with PhasedProgress(err(), "aisys evaluate") as progress:
-        progress.step("loading MovieLens-100K")
-        data, _ = load_movielens_interactions(cfg)
-        progress.step(f"evaluating {args.model} on the {args.split} split")
-        # Each tuning message is printed, and a heartbeat line follows a silent refit off a terminal.
-        result = evaluate_model(args.model, data, args.split, cfg, seed=args.seed, log=progress.note)
-        progress.step("writing the top-100 lists")
-        path = write_export(result, data.item_ids, args.export)
-        progress.done()
-
-    columns = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10", "n_users")
-    table = Table("task", *(c.upper() if "@" in c else c for c in columns),
-                  title=f"{args.model} on ml-100k ({args.split} split, seed {args.seed})")
-    for task, metrics in (("valid", result.valid_metrics), ("test", result.test_metrics)):
-        table.add_row(task, *(f"{metrics.get(c, float('nan')):.4f}" if c != "n_users" else f"{metrics[c]:.0f}"
-                              for c in columns))
-    console = out()
-    console.print(table)
-    console.print(f"settings {result.settings}")
-    console.print(f"refit {result.train_seconds:.1f}s (tuning {result.tune_seconds:.1f}s); top-100 lists -> {path}")
-    return EXIT_OK
+    if args.model is None:
+        return evaluate_shipped_verb(args)
+    if args.register:
+        raise ValueError("--register applies to the model that ships (no --model): a runner model is never registered")
+    return evaluate_model_verb(args)
 
 
 def cmd_demo(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -340,7 +324,7 @@ VERBS: dict[str, tuple[Callable[[AppConfig, argparse.Namespace], int], str]] = {
     "snapshots": (cmd_snapshots, "list lake snapshots"),
     "train": (cmd_train, "train on a lake snapshot (Ray Train), register, gate against the champion"),
     "serve": (cmd_serve, "serve the champion model over HTTP (Ray Serve)"),
-    "evaluate": (cmd_evaluate, "evaluate a model on MovieLens-100K (offline protocol) and export top-100 lists"),
+    "evaluate": (cmd_evaluate, "evaluate what ships (or --model) on MovieLens-100K and export top-100 lists"),
     "retrain": (cmd_retrain, "retrain, gate against the champion, and promote if the gate passes"),
     "demo": (cmd_demo, "run everything end to end on the embedded defaults"),
 }
@@ -356,13 +340,11 @@ def add_verb_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("paths", nargs="*", help="event files (JSONL, CSV, Parquet); default: data.raw_dir/*")
         p.add_argument("--source", default=None, help="source name recorded in the manifest")
     elif name == "evaluate":
-        p.add_argument("--dataset", default="ml-100k", choices=["ml-100k"], help="the dataset")
-        p.add_argument("--split", default="loo", choices=["loo", "temporal"], help="leave-last-one-out or temporal")
+        from aisys.cli.evaluate_verb import add_evaluate_arguments
+
         # The names of aisys.evaluation.runner.MODEL_NAMES, spelled out so that building the parser does not
         # import torch (tests/unit/test_cli.py checks the two lists agree).
-        p.add_argument("--model", default="sasrec", choices=EVALUATE_MODELS, help="the model to fit and score")
-        p.add_argument("--export", required=True, type=Path, help="Parquet file for the test top-100 lists")
-        p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and sampling")
+        add_evaluate_arguments(p, EVALUATE_MODELS)
     elif name in ("train", "retrain"):
         p.add_argument("--snapshot", default=None, help="lake snapshot id (default: latest)")
         if name == "retrain":

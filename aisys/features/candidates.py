@@ -31,18 +31,22 @@ POPULARITY_WINDOWS_DAYS = (1.0, 7.0, 30.0)
 RECENT_GENRE_DECAY = 0.8
 # Per generator: its raw score, its per-user z-score and its 0-based rank among the non-history items.
 GENERATOR_FEATURES = ("score", "z", "rank")
-CONTEXT_FEATURES = (
-    "log_gap_seconds", "log_history_length", "log_item_age_days",
-    *(f"log_pop_{int(days)}d" for days in POPULARITY_WINDOWS_DAYS), "log_pop_all",
-    "genre_affinity", "recent_genre_affinity", "n_generators_proposing",
+# What ranker-v1 knows of an item as of the request (ItemEventIndex: windowed counts by binary search).
+ITEM_EVENT_FEATURES = (
+    "log_item_age_days", *(f"log_pop_{int(days)}d" for days in POPULARITY_WINDOWS_DAYS), "log_pop_all",
 )
+USER_FEATURES = ("log_gap_seconds", "log_history_length")
+AFFINITY_FEATURES = ("genre_affinity", "recent_genre_affinity", "n_generators_proposing")
+CONTEXT_FEATURES = (*USER_FEATURES, *ITEM_EVENT_FEATURES, *AFFINITY_FEATURES)
 # Item index and time share one int64 key: time (seconds) below 2**40 (~34,000 years), items above.
 _TIME_BITS = 40
 
 
-def feature_names(generators: Sequence[str]) -> tuple[str, ...]:
-    """The column names of :func:`candidate_features` for ``generators`` (in that order), then the context."""
-    return (*(f"{g}_{kind}" for g in generators for kind in GENERATOR_FEATURES), *CONTEXT_FEATURES)
+def feature_names(generators: Sequence[str], item_features: Sequence[str] = ITEM_EVENT_FEATURES) -> tuple[str, ...]:
+    """The column names of :func:`candidate_features` for ``generators`` (in that order), then the context
+    (``item_features``: the names of the item source's columns, e.g. ``ItemEventIndex.feature_names``)."""
+    return (*(f"{g}_{kind}" for g in generators for kind in GENERATOR_FEATURES), *USER_FEATURES, *item_features,
+            *AFFINITY_FEATURES)
 
 
 @dataclass
@@ -102,6 +106,7 @@ class ItemEventIndex:
     """
 
     keys: np.ndarray  # (N,) int64, sorted
+    feature_names = ITEM_EVENT_FEATURES
 
     @classmethod
     def from_events(cls, items: Sequence[int], times: Sequence[float]) -> "ItemEventIndex":
@@ -120,6 +125,15 @@ class ItemEventIndex:
         lo = np.clip(np.asarray(start, dtype=np.int64), 0, (1 << _TIME_BITS) - 1)
         hi = np.clip(np.asarray(end, dtype=np.int64), 0, (1 << _TIME_BITS) - 1)
         return np.searchsorted(self.keys, base | hi) - np.searchsorted(self.keys, base | lo)
+
+    def item_features(self, items: np.ndarray, now: np.ndarray) -> list[np.ndarray]:
+        """Columns named :data:`ITEM_EVENT_FEATURES` of ``items[m]`` as of ``now[m]`` (events before it only)."""
+        first = self.first_before(items, now)
+        return [
+            np.log1p(np.maximum(now - first, 0.0) / _DAY),
+            *(np.log1p(self.count_between(items, now - days * _DAY, now)) for days in POPULARITY_WINDOWS_DAYS),
+            np.log1p(self.count_between(items, np.zeros_like(now), now)),
+        ]
 
     def first_before(self, items: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Time of each ``items[m]``'s first interaction before ``end[m]`` (float64 seconds; NaN: none)."""
@@ -160,8 +174,10 @@ def candidate_features(
 
     ``generator_scores[name]`` is a (U, n_items + 1) score matrix (names in the order
     of :func:`feature_names`); ``request_times[u]`` the request's time (seconds) and
-    ``gaps[u]`` the seconds since the user's newest interaction; ``events`` the
-    interactions known before the requests; ``item_genres`` (n_items + 1, G) or None
+    ``gaps[u]`` the seconds since the user's newest interaction; ``events`` what is
+    known of the items as of each request (``feature_names`` and ``item_features(items, now)``:
+    an :class:`ItemEventIndex`, or :mod:`aisys.features.activity`'s decayed counts); ``item_genres``
+    (n_items + 1, G) or None
     (genre affinities are then NaN: a tree sends them down its default branch).
     """
     names = list(generator_scores)
@@ -189,13 +205,8 @@ def candidate_features(
         columns += [masked[rows, items], z[rows, items], rank[rows, items].astype(np.float64)]
         proposing += rank[rows, items] < depth
     now = request_times[rows]
-    first = events.first_before(items, now)
-    columns += [
-        np.log1p(gaps[rows]), np.log1p(np.array([len(h) for h in histories], dtype=np.float64)[rows]),
-        np.log1p(np.maximum(now - first, 0.0) / _DAY),
-        *(np.log1p(events.count_between(items, now - days * _DAY, now)) for days in POPULARITY_WINDOWS_DAYS),
-        np.log1p(events.count_between(items, np.zeros_like(now), now)),
-    ]
+    columns += [np.log1p(gaps[rows]), np.log1p(np.array([len(h) for h in histories], dtype=np.float64)[rows])]
+    columns += events.item_features(items, now)
     if item_genres is None:
         columns += [np.full(items.size, np.nan), np.full(items.size, np.nan)]
     else:
@@ -206,7 +217,8 @@ def candidate_features(
     columns.append(proposing)
     values = np.column_stack(columns).astype(np.float32) if items.size else np.zeros((0, len(columns)), np.float32)
     values[~np.isfinite(values)] = np.nan  # a generator that rules an item out (-inf): "missing" to a tree
-    return CandidateFeatures(rows.astype(np.int64), items.astype(np.int64), values, feature_names(names), n_users)
+    return CandidateFeatures(rows.astype(np.int64), items.astype(np.int64), values,
+                             feature_names(names, events.feature_names), n_users)
 
 
 def _mask_history(scores: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:

@@ -1,11 +1,12 @@
 """A TTL cache of recommendation responses, invalidated by construction.
 
-The key is ``(user_id, k, model_version, arm, last_event_id)``: when the user
+The key is ``(user_id, k, model_version, arm, last_event_id, context)``: when the user
 posts an event, their ``last_event_id`` changes, so the next request asks for
 a key that was never stored and is computed afresh. Nothing has to find and
 delete stale entries (which would need a broadcast to every replica); old
 entries simply age out after ``ttl_s`` or are evicted least-recently-used
-beyond ``max_entries``. A model swap changes ``model_version`` the same way.
+beyond ``max_entries``. A model swap changes ``model_version`` the same way, and
+time passing moves a context-aware model's ``context`` (the gap bucket) the same way.
 
 Backed by :class:`cachetools.TTLCache` (already pinned in requirements.lock
 through MLflow), with a lock because Serve runs handlers on several threads.
@@ -31,6 +32,9 @@ class CacheKey(NamedTuple):
     model_version: str | None
     arm: str
     last_event_id: str | None
+    # The request context the model's answer depends on (its gap bucket: ``Recommender.context_key``), so a list
+    # computed right after the user's last event is not served to them a day later from the cache.
+    context: Any = None
 
 
 class ResponseCache:

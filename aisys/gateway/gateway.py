@@ -52,7 +52,7 @@ from aisys.gateway.middleware import (
 from aisys.gateway.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
 from aisys.gateway.revocations import RevocationList
 from aisys.gateway.shopper import InvalidToken, ShopperSession, ShopperTokens, is_shopper_token
-from aisys.serving.errors import request_id_of
+from aisys.gateway.errors import request_id_of
 
 logger = logging.getLogger(__name__)
 

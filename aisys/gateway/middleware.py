@@ -31,12 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aisys.serving.errors import error_body
+from aisys.gateway.errors import error_body
 
 ACCESS_LOGGER_NAME = "aisys.gateway.access"
 REQUEST_ID_HEADER = "x-request-id"
 # Keys the gateway keeps in the request state (``request.state.<key>``).
-STATE_REQUEST_ID = "request_id"  # the name aisys.serving.errors reads too
+STATE_REQUEST_ID = "request_id"  # the name aisys.gateway.errors reads too
 STATE_KEY_NAME = "gateway_key_name"
 STATE_RESPONSE_HEADERS = "gateway_response_headers"
 
@@ -66,7 +66,7 @@ class GatewayError(StarletteHTTPException):
 
 
 def gateway_error_response(exc: GatewayError, request_id: str | None) -> JSONResponse:
-    """The one JSON error shape (``aisys.serving.errors``) for a :class:`GatewayError`."""
+    """The one JSON error shape (``aisys.gateway.errors``) for a :class:`GatewayError`."""
     return JSONResponse(
         error_body(exc.code, str(exc.detail), request_id, getattr(exc, "fields", None)),
         status_code=exc.status_code,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 
 from aisys.config import AppConfig
 from aisys.loop.retrain import RetrainOutcome, describe_request
-from aisys.serving.event_log import collector_folder
+from aisys.serving.collector_store import collector_folder
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@
 
 1. read a lake snapshot (latest by default) and keep its last ``cfg.monitor.train_window_days`` days
    (:func:`window_events`, pure);
-2. train and register a version **without** an alias (``train_and_register(..., promote=False)``);
+2. train and register a version **without** an alias (:func:`aisys.pipeline.train_and_register`,
+   ``promote=False``);
 3. tag the training run and the new version with the lineage: why (``aisys.retrain_reason``), what
    triggered it (``aisys.trigger``), the snapshot and window, and the champion it was trained to replace
    (``aisys.parent_champion``);
@@ -35,8 +36,6 @@ TRIGGER_TAG = "aisys.trigger"
 PARENT_TAG = "aisys.parent_champion"
 WINDOW_TAG = "aisys.train_window_days"
 TRAIN_EVENTS_TAG = "aisys.train_events"
-GATE_RUN_TAG = "aisys.gate_run_id"
-GATE_DECISION_TAG = "aisys.gate_decision"
 PROFILE_TAG = "aisys.reference_profile"
 
 
@@ -113,9 +112,9 @@ def retrain(
     ``None`` leaves the monitor alone. See the module docstring for the steps.
     """
     from aisys.data.lake import Lake
-    from aisys.registry.promotion import promote
+    from aisys.pipeline import train_and_register
+    from aisys.registry.promotion import GATE_DECISION_TAG, GATE_RUN_TAG, promote
     from aisys.runtime import init_ray
-    from aisys.training.pipeline import train_and_register
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}

@@ -9,7 +9,8 @@ Nothing else is needed to rebuild the model.
 Files: ``bundle.json`` (config, vocabulary, popularity, titles, blend, lineage),
 ``weights.pt`` (SASRec's state dict, loaded with ``weights_only=True``) and, for
 ``model_kind="multistage"``, ``stages.npz`` (each closed-form generator's float32
-array, loaded with ``allow_pickle=False``). Each kind has its feature-set
+array, loaded with ``allow_pickle=False``); a ``multistage-v2`` bundle adds ``ranker.json`` (the learned
+ranking stage) and ``activity.npz`` (the item activity that seeds online popularity). Each kind has its feature-set
 versions (:data:`FEATURE_SET_VERSIONS`); loading a bundle of a kind or version
 this code does not know is an :class:`UnknownBundleVersion` naming what it knows.
 
@@ -28,16 +29,21 @@ import numpy as np
 
 FEATURE_SET_VERSION = "seq-v1"
 MULTISTAGE_FEATURE_SET_VERSION = "multistage-v1"
+# multistage-v1 plus a learned ranking stage: ``ranker.json`` (LightGBM over aisys.features.candidates, with the
+# ranker's own feature-set version inside) and ``activity.npz`` (the item activity counters that seed serving).
+MULTISTAGE_RANKER_FEATURE_SET_VERSION = "multistage-v2"
 # The feature-set versions each model kind's code can serve. A new encoding of a kind's inputs gets a new
 # version here, so an old server refuses a bundle it would score wrongly instead of serving nonsense.
 FEATURE_SET_VERSIONS: dict[str, tuple[str, ...]] = {
     "sasrec": (FEATURE_SET_VERSION,),
-    "multistage": (MULTISTAGE_FEATURE_SET_VERSION,),
+    "multistage": (MULTISTAGE_FEATURE_SET_VERSION, MULTISTAGE_RANKER_FEATURE_SET_VERSION),
 }
 
 _META_FILE = "bundle.json"
 _WEIGHTS_FILE = "weights.pt"
 _ARRAYS_FILE = "stages.npz"
+_RANKER_FILE = "ranker.json"
+_ACTIVITY_FILE = "activity.npz"
 
 
 class UnknownBundleVersion(ValueError):
@@ -76,6 +82,10 @@ class ModelBundle:
     # multistage: each closed-form generator's array by generator name (float32; see aisys.models.stages).
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     item_titles: list[str] = field(default_factory=list)  # aligned with item_ids when the title generator is on
+    # multistage-v2: the learned ranker (aisys.models.ranker.ranker_document) and the item activity state
+    # (aisys.features.activity.ItemActivity.to_arrays) that seeds the online popularity features.
+    ranker: dict[str, Any] | None = None
+    activity: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -93,8 +103,14 @@ class ModelBundle:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         check_bundle_version(self.model_kind, self.feature_set_version)
-        meta = {key: value for key, value in asdict(self).items() if key not in ("state_dict", "arrays")}
+        meta = {key: value for key, value in asdict(self).items()
+                if key not in ("state_dict", "arrays", "ranker", "activity")}
         (folder / _META_FILE).write_text(json.dumps(meta))
+        if self.ranker is not None:
+            (folder / _RANKER_FILE).write_text(json.dumps(self.ranker))
+        if self.activity:
+            activity = {k: np.asarray(v, np.float64) for k, v in self.activity.items()}
+            np.savez_compressed(folder / _ACTIVITY_FILE, **activity)
         if self.state_dict is not None:
             torch.save(self.state_dict, folder / _WEIGHTS_FILE)
         if self.arrays:
@@ -115,7 +131,12 @@ class ModelBundle:
         if (folder / _ARRAYS_FILE).exists():
             with np.load(folder / _ARRAYS_FILE, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        return cls(state_dict=state, arrays=arrays, **meta)
+        ranker = json.loads((folder / _RANKER_FILE).read_text()) if (folder / _RANKER_FILE).exists() else None
+        activity = {}
+        if (folder / _ACTIVITY_FILE).exists():
+            with np.load(folder / _ACTIVITY_FILE, allow_pickle=False) as stored:
+                activity = {name: stored[name] for name in stored.files}
+        return cls(state_dict=state, arrays=arrays, ranker=ranker, activity=activity, **meta)
 
     def popularity_scores(self) -> np.ndarray:
         """Popularity per item index, with the padding index at -inf."""

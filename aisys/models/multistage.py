@@ -4,6 +4,8 @@
 - :class:`MultistageScorer`: SASRec plus the closed-form generators of :mod:`aisys.models.stages`,
   each standardised per user and blended with the weights of the user's gap bucket
   (:class:`~aisys.models.blend_tuning.BlendChoice`, tuned on valid at training).
+- :class:`RankedMultistageScorer` (``multistage-v2``): that blend, then a LightGBM ranker over the candidates'
+  features (:mod:`aisys.models.ranker`), with item popularity as of the request kept current online.
 
 Histories are item indices of the model's vocabulary, oldest first; ``gaps_s[u]`` is the seconds
 from user ``u``'s newest event to the request (:func:`aisys.features.context.seconds_since_last_event`;
@@ -18,15 +20,32 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from aisys.features.activity import ItemActivity, category_matrix
+from aisys.features.candidates import candidate_features, feature_names
 from aisys.features.sequences import recent_window
 from aisys.models.baselines import standardize_rows
 from aisys.models.blend_tuning import BlendChoice, blend_z_scores
-from aisys.models.bundle import ModelBundle, check_bundle_version
+from aisys.models.bundle import (
+    MULTISTAGE_RANKER_FEATURE_SET_VERSION,
+    ModelBundle,
+    UnknownBundleVersion,
+    check_bundle_version,
+)
 from aisys.models.context_blend import gap_buckets
+from aisys.models.ranker import (
+    SERVABLE_RANKER_FEATURE_SETS,
+    LearnedRanker,
+    RankerFeatureSetError,
+    ranked_with_fallback,
+    ranker_from_document,
+)
 from aisys.models.stages import StageSpec, score_stage
 
 MULTISTAGE_KIND = "multistage"
 SASREC_STAGE = "sasrec"
+BLEND_SCORES = "blend"  # the blend's score matrix, as the ranking stage's features name it
+# Each score matrix's top items that the ranking stage reorders (their union; docs/evaluation.md screened 50).
+DEFAULT_RANKER_DEPTH = 50
 
 
 class SASRecScorer:
@@ -44,8 +63,10 @@ class SASRecScorer:
         """(B, max_seq_len) int64: each history's recent window (:func:`recent_window`, as in training)."""
         return np.stack([recent_window(h, self.max_seq_len) for h in histories])
 
-    def score_sessions(self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None = None) -> np.ndarray:
-        """(B, n_items + 1) float64 next-item scores; the gaps are not used."""
+    def score_sessions(
+        self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None = None, now_s: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, n_items + 1) float64 next-item scores; the gaps and request times are not used."""
         import torch
 
         with torch.inference_mode():
@@ -102,15 +123,98 @@ class MultistageScorer:
                 out[name] = score_stage(self.specs[name], self.arrays[name], histories)
         return out
 
-    def score_sessions(self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None = None) -> np.ndarray:
-        """(B, n_items + 1) float64 blended scores; ``gaps_s`` (B,) picks each row's bucket (None: all NaN)."""
-        gaps = np.full(len(histories), np.nan) if gaps_s is None else np.asarray(gaps_s, dtype=np.float64)
-        if gaps.shape != (len(histories),):
-            raise ValueError(f"gaps_s must have one entry per history ({len(histories)}), got shape {gaps.shape}")
-        raw = self.stage_scores(histories)
+    def context_key(self, gap_s: float) -> int:
+        """What of the request's context changes this scorer's answer: the gap bucket (a response cache key)."""
+        return int(gap_buckets([gap_s], self.blend.gap_thresholds)[0])
+
+    def blend_scores(self, raw: Mapping[str, np.ndarray], gaps_s: np.ndarray | None) -> np.ndarray:
+        """(B, V) blend of the raw :meth:`stage_scores`, each row weighted by its gap bucket."""
+        n_rows = next(iter(raw.values())).shape[0]
+        gaps = _per_row(gaps_s, n_rows, "gaps_s")
         z = [standardize_rows(raw[name]) for name in self.active]
         buckets = gap_buckets(gaps, self.blend.gap_thresholds)
         return blend_z_scores(z, self.bucket_weights[buckets])
+
+    def score_sessions(
+        self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None = None, now_s: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, n_items + 1) float64 blended scores; ``gaps_s`` (B,) picks each row's bucket (None: all NaN)."""
+        _per_row(gaps_s, len(histories), "gaps_s")
+        return self.blend_scores(self.stage_scores(histories), gaps_s)
+
+
+def ranker_generators(active_stages: Sequence[str]) -> tuple[str, ...]:
+    """The score matrices the ranking stage reads, in order: the blend, then each generator the blend uses."""
+    return (BLEND_SCORES, *active_stages)
+
+
+class RankedMultistageScorer:
+    """The multistage blend, then the learned ranking stage over the candidates (``multistage-v2``).
+
+    Candidates are the union of the blend's and each active generator's top ``depth`` items; their features are
+    :func:`~aisys.features.candidates.candidate_features` with the item activity as of the request
+    (:class:`~aisys.features.activity.ItemActivity`, kept current by :meth:`observe`); the ranker orders them and
+    every other item follows in the blend's order. ``now_s[u]`` is the request time (NaN or None: as of the
+    newest event the activity saw).
+    """
+
+    uses_request_time = True
+
+    def __init__(
+        self, multistage: MultistageScorer, ranker: LearnedRanker, activity: ItemActivity,
+        categories: np.ndarray | None, depth: int,
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"the ranking stage's candidate depth must be >= 1, got {depth}")
+        expected = feature_names(ranker_generators(multistage.active), activity.feature_names)
+        if tuple(ranker.names) != expected:
+            raise RankerFeatureSetError(
+                f"the bundle's ranker reads {len(ranker.names)} features that do not match the {len(expected)} its "
+                f"blend and generators give ({', '.join(ranker_generators(multistage.active))}): retrain the model"
+            )
+        self.multistage, self.ranker, self.activity = multistage, ranker, activity
+        self.categories, self.depth = categories, depth
+
+    @property
+    def sasrec(self) -> SASRecScorer:
+        return self.multistage.sasrec
+
+    @property
+    def item_emb(self) -> Any:
+        return self.multistage.item_emb
+
+    def context_key(self, gap_s: float) -> tuple[int, int]:
+        """The blend's gap bucket and the gap's doubling of minutes (the ranker reads the gap itself): a cached
+        answer is reused only while both stay the same (item popularity drifts within the cache's TTL)."""
+        minutes = int(np.log2(1.0 + gap_s / 60.0)) if np.isfinite(gap_s) else -1
+        return self.multistage.context_key(gap_s), minutes
+
+    def observe(self, item: int, time_s: float) -> None:
+        """Count a live interaction (item index, seconds) in the online item activity."""
+        self.activity.observe(item, time_s)
+
+    def generator_scores(self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The blend's and each active generator's (B, V) scores, named as the ranker's features read them."""
+        raw = self.multistage.stage_scores(histories)
+        return {BLEND_SCORES: self.multistage.blend_scores(raw, gaps_s), **raw}
+
+    def score_sessions(
+        self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None = None, now_s: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, n_items + 1) float64: the ranker's order on the candidates, the blend's after them."""
+        gaps = _per_row(gaps_s, len(histories), "gaps_s")
+        now = _per_row(now_s, len(histories), "now_s")
+        scores = self.generator_scores(histories, gaps)
+        features = candidate_features(scores, histories, now, gaps, self.activity, self.categories, self.depth)
+        return ranked_with_fallback(self.ranker, features, scores[BLEND_SCORES])
+
+
+def _per_row(values: np.ndarray | None, n_rows: int, name: str) -> np.ndarray:
+    """(n_rows,) float64 of ``values`` (None: all NaN, unknown)."""
+    out = np.full(n_rows, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+    if out.shape != (n_rows,):
+        raise ValueError(f"{name} must have one entry per history ({n_rows}), got shape {out.shape}")
+    return out
 
 
 def _sasrec_model(config: Mapping[str, Any], state_dict: Mapping[str, Any]) -> Any:
@@ -121,8 +225,8 @@ def _sasrec_model(config: Mapping[str, Any], state_dict: Mapping[str, Any]) -> A
     return model.eval()
 
 
-def build_scorer(bundle: ModelBundle) -> SASRecScorer | MultistageScorer | None:
-    """The scorer of ``bundle`` by its kind; None when it carries no weights (popularity only)."""
+def build_scorer(bundle: ModelBundle) -> SASRecScorer | MultistageScorer | RankedMultistageScorer | None:
+    """The scorer of ``bundle`` by its kind and feature-set version; None when it carries no weights."""
     check_bundle_version(bundle.model_kind, bundle.feature_set_version)
     if bundle.state_dict is None:
         return None
@@ -133,7 +237,29 @@ def build_scorer(bundle: ModelBundle) -> SASRecScorer | MultistageScorer | None:
     config = bundle.model_config
     sasrec = SASRecScorer(_sasrec_model(config["sasrec"], bundle.state_dict), bundle.max_seq_len)
     specs = [StageSpec(**spec) for spec in config["stages"]]
-    return MultistageScorer(sasrec, specs, bundle.arrays, BlendChoice.from_dict(config["blend"]))
+    scorer = MultistageScorer(sasrec, specs, bundle.arrays, BlendChoice.from_dict(config["blend"]))
+    if bundle.feature_set_version != MULTISTAGE_RANKER_FEATURE_SET_VERSION:
+        return scorer
+    return _ranked_scorer(bundle, scorer)
+
+
+def _ranked_scorer(bundle: ModelBundle, scorer: MultistageScorer) -> RankedMultistageScorer:
+    """The ranking stage of a ``multistage-v2`` bundle around its blend."""
+    if bundle.ranker is None or not bundle.activity:
+        raise ValueError(f"a {MULTISTAGE_RANKER_FEATURE_SET_VERSION} bundle needs its ranker and item activity "
+                         "(ranker.json, activity.npz): the bundle folder is incomplete, retrain or re-download it")
+    found = bundle.ranker.get("feature_set") if isinstance(bundle.ranker, dict) else None
+    if found not in SERVABLE_RANKER_FEATURE_SETS:
+        raise UnknownBundleVersion(
+            f"the bundle's ranker was trained on feature set {found!r}, unknown to this code; it serves "
+            f"{', '.join(SERVABLE_RANKER_FEATURE_SETS)}: retrain the model or serve it with the aisys version that "
+            "trained it"
+        )
+    ranker = ranker_from_document(bundle.ranker, found, "the bundle's ranker")
+    has_categories = len(bundle.item_categories) == len(bundle.item_ids)
+    categories = category_matrix(bundle.item_categories) if has_categories else None
+    depth = int(bundle.model_config.get("ranking", {}).get("depth", DEFAULT_RANKER_DEPTH))
+    return RankedMultistageScorer(scorer, ranker, ItemActivity.from_arrays(bundle.activity), categories, depth)
 
 
 def bundle_arrays_nonfinite(bundle: ModelBundle) -> list[str]:
@@ -142,5 +268,6 @@ def bundle_arrays_nonfinite(bundle: ModelBundle) -> list[str]:
 
 
 __all__ = [
-    "MULTISTAGE_KIND", "SASREC_STAGE", "SASRecScorer", "MultistageScorer", "build_scorer", "bundle_arrays_nonfinite",
+    "MULTISTAGE_KIND", "SASREC_STAGE", "BLEND_SCORES", "DEFAULT_RANKER_DEPTH", "SASRecScorer", "MultistageScorer",
+    "RankedMultistageScorer", "ranker_generators", "build_scorer", "bundle_arrays_nonfinite",
 ]

@@ -33,12 +33,19 @@ from aisys.features.candidates import CandidateFeatures, candidate_features, fea
 __all__ = [
     "RANKER_FEATURE_SET", "RANKER_GENERATORS", "RANKER_FEATURE_NAMES", "RANKER_BASE_FEATURE", "LearnedRanker",
     "RankerSettings", "RankerFeatureSetError", "candidate_features", "candidate_labels", "fit_ranker",
-    "rank_candidates", "save_ranker", "load_ranker",
+    "rank_candidates", "save_ranker", "load_ranker", "ranker_document", "ranker_from_document",
+    "fit_ranker_holding_out", "ranked_with_fallback", "ONLINE_RANKER_FEATURE_SET", "SERVABLE_RANKER_FEATURE_SETS",
 ]
 
 # The version of what the ranker reads: bump it whenever a feature is added, removed, reordered or computed
 # differently, so that a bundle trained on the old features is refused instead of silently mis-scored.
 RANKER_FEATURE_SET = "ranker-v1"
+# The shipped ranking stage's features (:mod:`aisys.models.multistage`): the blend's and every active generator's
+# score/z/rank, the gap, the history length, the item's activity as of the request from decayed counters that a
+# replica keeps current from posted events (:class:`aisys.features.activity.ItemActivity`), category affinity.
+ONLINE_RANKER_FEATURE_SET = "ranker-v2"
+# The feature sets a served bundle's ranker may name (ranker-v1's windowed counts exist offline only).
+SERVABLE_RANKER_FEATURE_SETS = (ONLINE_RANKER_FEATURE_SET,)
 # The score matrices ranker-v1 reads, in this order: the context blend (the stage the ranker refines) and the
 # multi-stage model's candidate generators.
 RANKER_GENERATORS = ("blend", "sasrec", "ease", "slit", "recentpop", "title")
@@ -148,37 +155,27 @@ def rank_candidates(ranker: LearnedRanker, features: CandidateFeatures, n_items:
     return scores
 
 
-def save_ranker(ranker: LearnedRanker, path: str | Path) -> Path:
-    """Write ``ranker`` as one JSON file: LightGBM's text model, its feature set, names and settings."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
+def ranker_document(ranker: LearnedRanker) -> dict:
+    """``ranker`` as a JSON-able document: LightGBM's text model, its feature set, names and settings."""
+    return {
         "format": _FILE_FORMAT, "feature_set": ranker.feature_set, "feature_names": list(ranker.names),
         "best_iteration": ranker.best_iteration, "settings": asdict(ranker.settings),
         "base_feature": ranker.base_feature, "base_scale": ranker.base_scale,
         "lightgbm_model": ranker.booster.model_to_string(num_iteration=ranker.best_iteration or None),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document))
-    tmp.replace(path)
-    return path
 
 
-def load_ranker(path: str | Path, expected_feature_set: str = RANKER_FEATURE_SET) -> LearnedRanker:
-    """The ranker saved at ``path``; a file of another feature set raises :class:`RankerFeatureSetError`."""
+def ranker_from_document(document: object, expected_feature_set: str = RANKER_FEATURE_SET,
+                         where: str = "ranker document") -> LearnedRanker:
+    """Inverse of :func:`ranker_document`; another feature set raises :class:`RankerFeatureSetError`."""
     import lightgbm
 
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"ranker file {path} is not readable JSON ({error}): write it with save_ranker") from error
     if not isinstance(document, dict) or document.get("format") != _FILE_FORMAT:
-        raise ValueError(f"{path} is not a ranker file (no format={_FILE_FORMAT!r}): write it with save_ranker")
+        raise ValueError(f"{where} is not a ranker (no format={_FILE_FORMAT!r}): write it with save_ranker")
     found = document.get("feature_set")
     if found != expected_feature_set:
         raise RankerFeatureSetError(
-            f"ranker file {path} was trained on feature set {found!r}, but this code computes "
+            f"{where} was trained on feature set {found!r}, but this code computes "
             f"{expected_feature_set!r}: retrain the ranker (or serve with the code version that trained it)"
         )
     booster = lightgbm.Booster(model_str=document["lightgbm_model"])
@@ -186,6 +183,62 @@ def load_ranker(path: str | Path, expected_feature_set: str = RANKER_FEATURE_SET
         booster, found, tuple(document["feature_names"]), int(document["best_iteration"]),
         RankerSettings(**document["settings"]), document.get("base_feature"), float(document.get("base_scale", 1.0)),
     )
+
+
+def save_ranker(ranker: LearnedRanker, path: str | Path) -> Path:
+    """Write ``ranker`` as one JSON file (:func:`ranker_document`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(ranker_document(ranker)))
+    tmp.replace(path)
+    return path
+
+
+def load_ranker(path: str | Path, expected_feature_set: str = RANKER_FEATURE_SET) -> LearnedRanker:
+    """The ranker saved at ``path``; a file of another feature set raises :class:`RankerFeatureSetError`."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"ranker file {path} is not readable JSON ({error}): write it with save_ranker") from error
+    return ranker_from_document(document, expected_feature_set, f"ranker file {path}")
+
+
+def fit_ranker_holding_out(
+    features: CandidateFeatures, labels: np.ndarray, settings: RankerSettings, stop_share: float, seed: int,
+    feature_set: str = RANKER_FEATURE_SET, base_feature: str | None = None,
+) -> LearnedRanker:
+    """:func:`fit_ranker` on ``features``' users, early-stopped on a random ``stop_share`` of them."""
+    order = np.random.default_rng(seed).permutation(features.n_users)
+    n_stop = max(1, int(round(stop_share * order.size)))
+    stop, train = np.sort(order[:n_stop]), np.sort(order[n_stop:])
+    return fit_ranker(features.take_users(train), labels[np.isin(features.rows, train)],
+                      features.take_users(stop), labels[np.isin(features.rows, stop)], settings,
+                      feature_set=feature_set, base_feature=base_feature)
+
+
+def ranked_with_fallback(ranker: LearnedRanker, features: CandidateFeatures, fallback: np.ndarray) -> np.ndarray:
+    """(B, V) scores: each user's candidates by the ranker, every other item after them in ``fallback``'s order.
+
+    ``fallback`` is (B, V) (the blend's scores; -inf stays -inf): exclusions at serving time can remove
+    candidates, and the list still fills from the blend rather than running short.
+    """
+    fallback = np.asarray(fallback, dtype=np.float64)
+    out = fallback.copy()
+    if features.rows.size == 0:
+        return out
+    predicted = ranker.predict(features)
+    is_candidate = np.zeros(fallback.shape, dtype=bool)
+    is_candidate[features.rows, features.items] = True
+    lowest = np.full(features.n_users, np.inf)
+    np.minimum.at(lowest, features.rows, predicted)
+    rest = np.where(is_candidate | ~np.isfinite(fallback), -np.inf, fallback)
+    top_rest = rest.max(axis=1)  # (B,)
+    shift = np.where(np.isfinite(top_rest) & np.isfinite(lowest), lowest - 1.0 - top_rest, 0.0)
+    out = np.where(np.isfinite(rest), rest + shift[:, None], -np.inf)
+    out[features.rows, features.items] = predicted
+    return out
 
 
 def _base_margin(features: CandidateFeatures, base_feature: str | None, scale: float) -> np.ndarray:

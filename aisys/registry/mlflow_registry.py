@@ -18,7 +18,6 @@ import importlib.metadata
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,6 +28,7 @@ import pandas as pd
 
 from aisys.config import AppConfig
 from aisys.models.bundle import ModelBundle
+from aisys.registry.interface import RegisteredModel, metric_name
 
 MODEL_ARTIFACT_NAME = "model"
 BUNDLE_ARTIFACT_KEY = "bundle"
@@ -38,16 +38,6 @@ CODE_VERSION_TAG = "code_version"
 TAG_VALUE_LIMIT = 5000
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 _PYFUNC_REQUIREMENTS = ("torch", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "pyyaml")
-
-
-@dataclass
-class RegisteredModel:
-    """A registered model version: ``uri`` is ``models:/name/version``."""
-
-    name: str
-    version: str
-    run_id: str
-    uri: str
 
 
 class BundlePyfunc(mlflow.pyfunc.PythonModel):
@@ -130,9 +120,23 @@ def configure_mlflow(cfg: AppConfig) -> str:
     return experiment_id
 
 
+def quiet_mlflow() -> None:
+    """Silence MLflow's direct prints ("Successfully registered model ...", "Created version ...") and warnings.
+
+    Plain ``disable_logging()`` does not last: MLflow re-enables its stream when one of its own internal
+    "quiet" sections ends. Its counted switch (``MlflowEventsAndWarningsBehaviorGlobally``) is entered here
+    for the rest of the process, so those sections nest inside it. Errors still raise.
+    """
+    from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
+
+    MlflowEventsAndWarningsBehaviorGlobally(
+        disable_event_logs=True, disable_warnings=True, reroute_warnings=False
+    ).__enter__()
+
+
 def mlflow_metric_name(key: str) -> str:
     """MLflow forbids ``@`` in metric names: ``hr@10`` -> ``hr_at_10``."""
-    return key.replace("@", "_at_")
+    return metric_name(key)
 
 
 def _log_training_curve(history: list[dict]) -> None:
@@ -340,3 +344,33 @@ def load_bundle(
     info = _info(model_version, alias)
     info["snapshot_id"] = info["snapshot_id"] or bundle.lineage.get("snapshot_id")
     return bundle, info
+
+
+class MlflowRegistry:
+    """The MLflow backend of :class:`~aisys.registry.interface.ModelRegistry`: the functions above, bound to ``cfg``."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+
+    def log_and_register(self, bundle, params, metrics, history, snapshot_id, alias=None) -> RegisteredModel:
+        return log_and_register(self.cfg, bundle, params, metrics, history, snapshot_id, alias=alias)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        set_alias(self.cfg, alias, version)
+
+    def model_info(self, alias: str) -> dict[str, Any]:
+        return get_model_info(self.cfg, alias)
+
+    def load_bundle(self, alias: str | None = None, version: str | None = None) -> tuple[ModelBundle, dict[str, Any]]:
+        return load_bundle(self.cfg, alias=alias, version=version)
+
+    def tag_version(self, version: str | None, tags: Mapping[str, Any], run_ids: Sequence[str] = ()) -> None:
+        tag_version(self.cfg, version, dict(tags), run_ids)
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return run_metrics(self.cfg, run_id)
+
+    def champion_history(self) -> list[str]:
+        from aisys.registry.champion import champion_history
+
+        return champion_history(self.cfg)

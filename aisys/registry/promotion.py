@@ -54,6 +54,9 @@ from aisys.registry.lock import DEFAULT_TIMEOUT_S
 
 ROLLED_BACK_TAG = "aisys.rolled_back_at"
 DECISION_TAG = "aisys.decision"
+# Set on a version by whoever gated it (aisys train, the retrain loop): the decision run and its verdict.
+GATE_RUN_TAG = "aisys.gate_run_id"
+GATE_DECISION_TAG = "aisys.gate_decision"
 
 
 # --------------------------------------------------------------------------- MLflow adapter

@@ -224,7 +224,7 @@ class ErrorDetailOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """Every 4xx and 5xx body of the API (``aisys.serving.errors``): one shape, one parser."""
+    """Every 4xx and 5xx body of the API (``aisys.gateway.errors``): one shape, one parser."""
 
     model_config = ConfigDict(extra="forbid")
 

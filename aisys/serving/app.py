@@ -67,9 +67,10 @@ def start_serving(cfg: AppConfig, blocking: bool = False) -> str:
     """
     from ray import serve
 
-    from aisys.runtime import init_ray
+    from aisys.runtime import init_ray, with_dashboard_link
 
     init_ray(cfg)
+    cfg = with_dashboard_link(cfg)  # the operator view links to the dashboard of the Ray started here
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     url = base_url(cfg)
     logger.info("deploying %s at %s", APP_NAME, url)

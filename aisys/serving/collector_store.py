@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from aisys.serving.event_log import EventLog, JsonlEventLog, collector_folder
+from aisys.serving.event_log import EventLog, JsonlEventLog
 
 if TYPE_CHECKING:
     from aisys.config import AppConfig, PathsConfig
@@ -39,6 +39,11 @@ CLAIMED, INGESTED = "claimed", "ingested"
 # How long an append waits for its batch to be stored before the request fails (503, not a lost 202).
 DEFAULT_APPEND_TIMEOUT_S = 30.0
 MAX_EVENTS_PER_OBJECT = 1000
+
+
+def collector_folder(cfg: "AppConfig") -> Path:
+    """Where the HTTP collector writes accepted events, and the loop reads them: ``<workspace>/collector``."""
+    return Path(cfg.paths.workspace) / "collector"
 
 
 def open_event_log(cfg: "AppConfig") -> EventLog:

@@ -42,7 +42,8 @@ from aisys.serving.rules import Inventory, JsonFileInventory
 from aisys.serving.service import OnlineService, ServedModel
 from aisys.serving.session_store import InMemorySessionStore, SessionStore, sessions_from_events
 from aisys.serving.telemetry import ServingTelemetry, gateway_key_tier, install_request_metrics
-from aisys.storefront.provider import latest_report_path, load_catalogue, monitor_status, overview
+from aisys.serving.ops_view import latest_report_path, monitor_status, overview
+from aisys.storefront.provider import load_catalogue
 from aisys.storefront.routes import install_storefront
 
 logger = logging.getLogger(__name__)

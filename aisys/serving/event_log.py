@@ -3,7 +3,8 @@
 :class:`JsonlEventLog` appends one JSON object per line to
 ``<folder>/events-YYYYMMDD.jsonl`` (UTC date of receipt), in the raw event
 format, so ``aisys ingest`` can later read the folder like any other raw
-source. Serve points it at ``{workspace}/collector``. Each line also carries
+source. Serve points it at ``{workspace}/collector``
+(:func:`aisys.serving.collector_store.collector_folder`). Each line also carries
 ``sender`` (``key:<key_id>`` or ``session:<sid>``: who posted it), which ingestion
 ignores and :func:`purge_sender` uses to take one sender's events out again
 (``aisys keys revoke NAME --purge``).
@@ -20,15 +21,7 @@ import threading
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
-
-if TYPE_CHECKING:
-    from aisys.config import AppConfig
-
-
-def collector_folder(cfg: "AppConfig") -> Path:
-    """Where the HTTP collector writes accepted events, and the loop reads them: ``<workspace>/collector``."""
-    return Path(cfg.paths.workspace) / "collector"
+from typing import Any, Callable, Iterator, Mapping
 
 
 class EventLog(ABC):

@@ -17,6 +17,9 @@ Decisions a user of the API will notice:
   is :func:`~aisys.features.context.seconds_since_last_event` of the session's
   ``last_event_time`` and the request's ``now`` (:class:`ScoreRequest`; the
   service passes its clock, this module never reads one, so tests are deterministic).
+  A bundle with a learned ranking stage (``multistage-v2``) also reads ``now``: item
+  popularity as of the request, from the bundle's item activity plus every live event
+  the service hands to :meth:`Recommender.observe_event`.
 - **A session with at least one known item** is ranked by the model,
   ``fallback=False``. Without a known item, popular items are served with
   ``fallback=True, fallback_reason="unknown_user"``; a bundle without weights
@@ -221,6 +224,24 @@ class Recommender:
         """The window the model sees for this session: ``(max_seq_len,)`` int64."""
         return recent_window(self.known_history(session), self.bundle.max_seq_len)
 
+    def context_key(self, session: UserSession, now: float | None) -> Any:
+        """What of the request's context (the gap since the session's last event) changes this model's answer for
+        it: a response cache keys on it, so a list is never reused across gap buckets. None: nothing does."""
+        key = getattr(self.scorer, "context_key", None)
+        return None if key is None else key(seconds_since_last_event(session.last_event_time, now))
+
+    def observe_event(self, item_id: str, event_time: float | None) -> bool:
+        """Tell a model that keeps online item features (the ranking stage's item activity) of a live event.
+
+        Returns whether it counted: the model keeps such features, knows the item and the event has a time.
+        """
+        observe = getattr(self.scorer, "observe", None)
+        index = self.item_index.get(item_id)
+        if observe is None or index is None or event_time is None:
+            return False
+        observe(index, float(event_time))
+        return True
+
     def recommend(self, session: UserSession, k: int, exclude: frozenset[str] = frozenset()) -> Recommendation:
         """Top-``k`` for one session (see the module docstring)."""
         return self.recommend_many([ScoreRequest(session, k, exclude)])[0]
@@ -233,7 +254,8 @@ class Recommender:
             candidates = self._retrieve(histories, rows, requests)
         else:
             gaps = [seconds_since_last_event(requests[i].session.last_event_time, requests[i].now) for i in rows]
-            scored = self._score(histories, rows, gaps)
+            now = [np.nan if requests[i].now is None else float(requests[i].now) for i in rows]
+            scored = self._score(histories, rows, gaps, now)
             candidates = {i: self._top(scores, requests[i]) for i, scores in scored.items()}
         results = []
         for i, (request, history) in enumerate(zip(requests, histories)):
@@ -270,11 +292,19 @@ class Recommender:
         ]
         return Recommendation(items=items, fallback=fallback_reason is not None, fallback_reason=fallback_reason)
 
-    def _score(self, histories: list[list[int]], rows: list[int], gaps: Sequence[float]) -> dict[int, np.ndarray]:
-        """Model scores ``(n_items + 1,)`` float64 for the given rows, in one batch (``gaps[n]``: row ``n``'s)."""
+    def _score(
+        self, histories: list[list[int]], rows: list[int], gaps: Sequence[float], now: Sequence[float] | None = None
+    ) -> dict[int, np.ndarray]:
+        """Model scores ``(n_items + 1,)`` float64 for the given rows, in one batch (``gaps[n]``, ``now[n]``: row
+        ``n``'s gap and request time; the time reaches only a scorer that reads it, ``uses_request_time``)."""
         if not rows:
             return {}
-        scores = self.scorer.score_sessions([histories[i] for i in rows], np.asarray(gaps, dtype=np.float64))
+        batch = [histories[i] for i in rows]
+        if getattr(self.scorer, "uses_request_time", False):
+            now_s = np.full(len(rows), np.nan) if now is None else np.asarray(now, dtype=np.float64)
+            scores = self.scorer.score_sessions(batch, np.asarray(gaps, dtype=np.float64), now_s)
+        else:
+            scores = self.scorer.score_sessions(batch, np.asarray(gaps, dtype=np.float64))
         matrix = np.asarray(scores, dtype=np.float64)  # (B, n_items + 1)
         expected = len(self.bundle.item_ids)
         if matrix.shape != (len(rows), expected):

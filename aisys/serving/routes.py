@@ -47,7 +47,7 @@ from aisys.serving.api_models import (
     StockIn,
     StockOut,
 )
-from aisys.serving.errors import install_error_handlers
+from aisys.gateway.errors import install_error_handlers
 from aisys.serving.service import OnlineService, UnknownItem
 
 
@@ -58,7 +58,7 @@ def _service(request: Request) -> OnlineService:
 ServiceDep = Annotated[OnlineService, Depends(_service)]
 
 # Declared on the app, so every route (the storefront's too) documents its client errors in the shape
-# `aisys.serving.errors` really sends; "4XX" also keeps FastAPI from adding its HTTPValidationError for 422.
+# `aisys.gateway.errors` really sends; "4XX" also keeps FastAPI from adding its HTTPValidationError for 422.
 ERROR_RESPONSES: dict = {
     "4XX": {"model": ErrorOut, "description": "Client error (401, 403, 404, 413, 422, 429...) in the one error shape."}
 }

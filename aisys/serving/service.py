@@ -16,7 +16,8 @@ the shared session actor), and the unit tests build one around tiny models.
   counted in :class:`ServingCounters`. An error also marks the model unhealthy
   (``/healthz`` says ``degraded``) until a model call succeeds again.
 - **Cache**: when a response cache is given, answers are cached under
-  ``(user_id, k, model_version, arm, last_event_id)``; a new event changes the
+  ``(user_id, k, model_version, arm, last_event_id, context)`` (context: the
+  model's gap bucket for this request); a new event changes the
   last event id, so the user's next request misses; a cached list holding an
   item now out of stock is a miss too (stock changes take effect at once on
   every replica). Degraded answers (errors, timeouts) are never cached.
@@ -176,7 +177,9 @@ class OnlineService:
         if served is None:
             raise LookupError("no model is loaded; check the replica log and /healthz")
         session = await self.store.get(user_id)
-        key = (user_id, k, served.version, arm, session.last_event_id)
+        now = time.time()  # the request time: a context-aware model ranks by the gap since the user's last event
+        # The fields of aisys.gateway.cache.CacheKey, in its order.
+        key = (user_id, k, served.version, arm, session.last_event_id, served.recommender.context_key(session, now))
         out_of_stock = self.inventory.out_of_stock()
         if self.cache is not None:
             cached = self.cache.get(key)
@@ -188,8 +191,7 @@ class OnlineService:
                 self.counters.cache_hits[arm] += 1
                 return cached
         exclude = excluded_items(session, self.online.exclude) | out_of_stock
-        # The request time: a context-aware model ranks by the gap since the user's last event.
-        request = ScoreRequest(session, k, exclude, now=time.time())
+        request = ScoreRequest(session, k, exclude, now=now)
         rec = await self._score_within_budget(served, request, arm)
         self.counters.requests[arm] += 1
         if rec.fallback:
@@ -248,6 +250,8 @@ class OnlineService:
             self.counters.event_replays += 1
             return EventAccepted(event_id=event.event_id, known_item=known, replay=True)
         self.counters.events += 1
+        for served in self.models.values():  # online item features (the ranking stage's popularity as of now)
+            served.recommender.observe_event(event.item_id, event.timestamp.timestamp())
         self.telemetry.event_recorded(event, None if champion is None else champion.recommender)
         if not known:
             logger.info("event for an item the champion does not know (%r): stored, not scored yet", event.item_id)

@@ -1,6 +1,6 @@
 """The operator view's sections, shaped from their sources (pure: dicts and strings in, dicts and SVG out).
 
-:mod:`aisys.storefront.provider` reads the sources (the registry's runs, the retrain audit log in
+:mod:`aisys.serving.ops_view` reads the sources (the registry's runs, the retrain audit log in
 the lake, the drift monitor, the UIs' addresses); these functions turn what it read into what
 the page shows, so each rule is tested without Ray, MLflow or a browser.
 """

@@ -9,8 +9,12 @@ On the snapshot's leave-last-one-out split (:mod:`aisys.training.pipeline` makes
    (:func:`~aisys.training.ray_train.train_with_ray`, valid per epoch);
 3. the blend (:func:`~aisys.models.blend_tuning.tune_blend`) is tuned on the valid targets with every
    generator fit on ``split.train``, each user's gap = valid target's time - newest train event's time;
-4. the scorer of the bundle (SASRec + generators fit on train + valid + the blend) is scored on test
-   through :meth:`~aisys.models.multistage.MultistageScorer.score_sessions`, the code serving runs.
+4. the ranking stage (``model.stages.ranking``; :mod:`aisys.models.ranking_choice`): ``auto`` scores the blend
+   and a LightGBM ranker out of fold on the valid users and keeps the ranker only if it wins; the ranker that
+   ships is trained on every valid user, its item activity replayed from the train events as of each valid
+   request, and the bundle's activity seeded from train + valid;
+5. the scorer of the bundle (SASRec + generators fit on train + valid + the blend [+ the ranker]) is scored on
+   test through ``score_sessions``, the code serving runs (each test request at its target's time).
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from aisys.config import AppConfig
+from aisys.features.activity import ItemActivity, PointInTimeActivity, activity_from_events, category_matrix
 from aisys.features.context import seconds_since_last_event
 from aisys.models.baselines import standardize_rows
 from aisys.models.blend_tuning import BlendChoice, tune_blend
-from aisys.models.multistage import SASREC_STAGE, MultistageScorer, SASRecScorer
+from aisys.models.bundle import MULTISTAGE_FEATURE_SET_VERSION, MULTISTAGE_RANKER_FEATURE_SET_VERSION
+from aisys.models.multistage import SASREC_STAGE, MultistageScorer, RankedMultistageScorer, SASRecScorer
+from aisys.models.ranker import LearnedRanker, ranker_document
+from aisys.models.ranking_choice import RankingDecision, ValidTask, choose_ranking, fit_final_ranker
 from aisys.models.stages import StageSpec, fit_stage, score_stage, stage_specs
 
 logger = logging.getLogger(__name__)
@@ -40,23 +48,72 @@ class MultistageFit:
     specs: list[StageSpec]
     arrays: dict[str, np.ndarray]  # fit on train + valid (the bundle's)
     blend: BlendChoice
-    scorer: MultistageScorer
+    scorer: MultistageScorer | RankedMultistageScorer  # what ships (the ranking stage's choice)
     seconds: dict[str, float] = field(default_factory=dict)
+    ranking: RankingDecision | None = None
+    ranker: LearnedRanker | None = None  # trained whenever the comparison ran, shipped only if chosen
+    activity: ItemActivity | None = None
+    depth: int = 50
+    blend_scorer: MultistageScorer | None = None
+    categories: np.ndarray | None = None  # (V, C) one-hot item categories (the ranker's affinity features)
+
+    @property
+    def feature_set_version(self) -> str:
+        return MULTISTAGE_RANKER_FEATURE_SET_VERSION if self.ships_ranker else MULTISTAGE_FEATURE_SET_VERSION
+
+    @property
+    def ships_ranker(self) -> bool:
+        return self.ranking is not None and self.ranking.chosen == "lgbm" and self.ranker is not None
+
+    def bundle_fields(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(model_config additions, ModelBundle keyword additions)`` of the ranking stage."""
+        config = {"ranking": {"depth": self.depth, **(self.ranking.to_dict() if self.ranking else {})}}
+        if not self.ships_ranker:
+            return config, {"feature_set_version": self.feature_set_version}
+        return config, {"feature_set_version": self.feature_set_version, "ranker": ranker_document(self.ranker),
+                        "activity": self.activity.to_arrays()}
+
+    def ranked_scorer(self) -> RankedMultistageScorer:
+        """The blend of the bundle followed by the trained ranker, over a copy of the bundle's item activity."""
+        if self.ranker is None or self.activity is None or self.blend_scorer is None:
+            raise ValueError("no ranker was trained (model.stages.ranking: blend)")
+        activity = ItemActivity.from_arrays(self.activity.to_arrays())
+        return RankedMultistageScorer(self.blend_scorer, self.ranker, activity, self.categories, self.depth)
+
+    def ranking_metrics(self) -> dict[str, float]:
+        """The MLflow metrics of the choice: both out-of-fold valid NDCG@10 figures and whether the ranker ships."""
+        if self.ranking is None:
+            return {}
+        out = {"ranking_ships_ranker": float(self.ships_ranker)}
+        if self.ranking.blend_valid_ndcg is not None:
+            out["valid_oof_blend_ndcg@10"] = self.ranking.blend_valid_ndcg
+            out["valid_oof_ranker_ndcg@10"] = self.ranking.ranker_valid_ndcg
+            out["valid_oof_paired_se"] = self.ranking.paired_se
+        if self.ranker is not None:
+            out["ranker_best_iteration"] = float(self.ranker.best_iteration)
+        return out
 
 
 def score_sessions_metrics(
     scorer: Any, histories: Sequence[Sequence[int]], targets: np.ndarray, gaps: np.ndarray, k: int = EVAL_K,
-    item_popularity: Sequence[float] | None = None, batch_size: int = 256,
+    item_popularity: Sequence[float] | None = None, batch_size: int = 256, now_s: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of a scorer (``score_sessions``) on users with these histories, targets and gaps."""
+    """Full-ranking metrics of a scorer (``score_sessions``) on users with these histories, targets and gaps
+    (and request times ``now_s``, for a scorer that reads them: ``uses_request_time``)."""
     from aisys.evaluation.ranking import summarize_ranks, target_ranks, top_k_items
 
     if not len(histories):
         raise ValueError("no user to evaluate")
+    timed = getattr(scorer, "uses_request_time", False) and now_s is not None
     ranks, recommended, n_cols = [], [], 0
     for start in range(0, len(histories), batch_size):
         hist = [list(h) for h in histories[start : start + batch_size]]
-        scores = np.asarray(scorer.score_sessions(hist, gaps[start : start + batch_size]), dtype=np.float64)
+        rows = slice(start, start + batch_size)
+        if timed:
+            scores = scorer.score_sessions(hist, gaps[rows], np.asarray(now_s, dtype=np.float64)[rows])
+        else:
+            scores = scorer.score_sessions(hist, gaps[rows])
+        scores = np.asarray(scores, dtype=np.float64)
         n_cols = scores.shape[1]
         ranks.append(target_ranks(scores, np.asarray(targets[start : start + batch_size], np.int64), hist))
         recommended.append(top_k_items(scores, k, hist))
@@ -71,6 +128,31 @@ def valid_and_test_gaps(
     valid = np.array([seconds_since_last_event(times[u][-3], times[u][-2]) for u in valid_users], np.float64)
     test = np.array([seconds_since_last_event(times[u][-2], times[u][-1]) for u in test_users], np.float64)
     return valid, test
+
+
+def multistage_test_metrics(
+    fit: MultistageFit, test: Any, times: Mapping[str, Sequence[float]], k: int = EVAL_K,
+    item_popularity: Sequence[float] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Test metrics of the scorer that ships (each request at its target's time), and the MLflow figures of the
+    ranking stage: the choice, both out-of-fold valid NDCG@10 and, when a ranker was trained, both test NDCG@10."""
+    _, gaps = valid_and_test_gaps(times, [], test.users)
+    now = request_times(times, test.users, -1)
+    metrics = score_sessions_metrics(fit.scorer, test.histories, test.targets, gaps, k, item_popularity, now_s=now)
+    logged = fit.ranking_metrics()
+    if fit.ranker is not None and fit.blend_scorer is not None:
+        shipped_is_ranker = fit.ships_ranker
+        other = fit.blend_scorer if shipped_is_ranker else fit.ranked_scorer()
+        other_metrics = score_sessions_metrics(other, test.histories, test.targets, gaps, k, item_popularity,
+                                               now_s=now)
+        ranker_m, blend_m = (metrics, other_metrics) if shipped_is_ranker else (other_metrics, metrics)
+        logged.update({f"test_blend_ndcg@{k}": blend_m[f"ndcg@{k}"], f"test_ranker_ndcg@{k}": ranker_m[f"ndcg@{k}"]})
+    return metrics, logged
+
+
+def request_times(times: Mapping[str, Sequence[float]], users: Sequence[str], offset: int) -> np.ndarray:
+    """Each user's request time: the time of their ``offset``-th last event (-2: the valid target, -1: test)."""
+    return np.array([times[u][offset] for u in users], dtype=np.float64)
 
 
 def _fit_all_with_ray(
@@ -98,6 +180,7 @@ def train_multistage(
     titles: Sequence[str] | None,
     train_sasrec: Callable[[], Any],
     sasrec_scorer: Callable[[Any], SASRecScorer],
+    item_categories: Sequence[str | None] | None = None,
 ) -> tuple[Any, MultistageFit]:
     """Fit every stage and tune the blend (see the module docstring); returns SASRec's result and the fit.
 
@@ -132,21 +215,67 @@ def train_multistage(
     sasrec = sasrec_scorer(result)
     valid = split.valid
     valid_gaps, test_gaps = valid_and_test_gaps(times, valid.users, split.test.users)
-    z = {SASREC_STAGE: _z(sasrec.score_sessions(valid.histories))}
+    raw = {SASREC_STAGE: sasrec.score_sessions(valid.histories)}
     for spec in specs:
-        z[spec.name] = _z(score_stage(spec, fitted[("train", spec.name)], valid.histories))
-    blend = tune_blend(
-        z, valid.targets, valid.histories, valid_gaps, weight_grid=stages_cfg.weight_grid,
-        base_weight_grid=stages_cfg.sasrec_weight_grid, gap_thresholds=stages_cfg.gap_thresholds_s,
-        min_gain=stages_cfg.min_gain,
-    )
+        raw[spec.name] = score_stage(spec, fitted[("train", spec.name)], valid.histories)
+    z = {name: _z(scores) for name, scores in raw.items()}
+    tune_options = {"weight_grid": stages_cfg.weight_grid, "base_weight_grid": stages_cfg.sasrec_weight_grid,
+                    "gap_thresholds": stages_cfg.gap_thresholds_s, "min_gain": stages_cfg.min_gain}
+    blend = tune_blend(z, valid.targets, valid.histories, valid_gaps, **tune_options)
     seconds["tune"] = time.perf_counter() - started
     logger.info("multistage blend: %s (valid ndcg@10 %.4f)", blend.to_dict(), blend.valid_ndcg)
     arrays = {name: fitted[("full", name)] if ("full", name) in fitted else fitted[("train", name)]
               for name in blend.active_stages() if name != SASREC_STAGE}
     used = [spec for spec in specs if spec.name in arrays]
     scorer = MultistageScorer(sasrec, used, arrays, blend)
-    return result, MultistageFit(used, arrays, blend, scorer, seconds)
+    fit = MultistageFit(used, arrays, blend, scorer, seconds, depth=stages_cfg.ranker_depth, blend_scorer=scorer)
+    if stages_cfg.ranking == "blend":
+        fit.ranking = choose_ranking("blend", None)
+        return result, fit
+
+    started = time.perf_counter()
+    fit.categories = category_matrix(item_categories) if item_categories else None
+    train_arrays = {spec.name: fitted[("train", spec.name)] for spec in specs}
+    task = ValidTask(
+        raw=raw, histories=valid.histories, targets=np.asarray(valid.targets, dtype=np.int64), gaps=valid_gaps,
+        request_times=request_times(times, valid.users, -2),
+        activity=PointInTimeActivity(n_items, *_events(train, train_times)),
+        categories=fit.categories,
+        tune=lambda rows: tune_blend({n: m[rows] for n, m in z.items()}, valid.targets[rows],
+                                     [valid.histories[i] for i in rows], valid_gaps[rows], **tune_options),
+        blend_for=lambda choice, scores, gaps: MultistageScorer(sasrec, specs, train_arrays, choice).blend_scores(
+            scores, gaps),
+        depth=stages_cfg.ranker_depth,
+    )
+    from lightgbm.basic import LightGBMError
+
+    try:
+        fit.ranking = choose_ranking(stages_cfg.ranking, task, folds=stages_cfg.ranker_folds,
+                                     min_gain=stages_cfg.ranker_min_gain, min_z=stages_cfg.ranker_min_z,
+                                     seed=cfg.train.seed)
+        seconds["ranking_choice"] = time.perf_counter() - started
+        started = time.perf_counter()
+        fit.ranker = fit_final_ranker(task, blend, seed=cfg.train.seed)
+    except (ValueError, LightGBMError) as error:  # too few valid users, or none with a target among the candidates
+        if stages_cfg.ranking == "lgbm":
+            raise ValueError(f"model.stages.ranking is lgbm but no ranker could be trained on this snapshot's valid "
+                             f"users ({error}); use ranking: auto or blend") from error
+        logger.warning("no ranker could be trained (%s): the blend ships", error)
+        fit.ranking, fit.ranker = RankingDecision(stages_cfg.ranking, "blend", reason=f"no ranker: {error}"), None
+        return result, fit
+    fit.activity = activity_from_events(n_items, *_events(full, full_times))
+    seconds["ranker_fit"] = time.perf_counter() - started
+    logger.info("ranking stage: %s", fit.ranking.to_dict())
+    if fit.ships_ranker:
+        fit.scorer = fit.ranked_scorer()
+    return result, fit
+
+
+def _events(sequences: Mapping[str, Sequence[int]], times: Mapping[str, Sequence[float]]) -> tuple[list, list]:
+    """Every interaction of ``sequences`` as (items, times) lists."""
+    items = [i for u in sequences for i in sequences[u]]
+    stamps = [t for u in sequences for t in times[u]]
+    return items, stamps
 
 
 def _z(scores: np.ndarray) -> np.ndarray:

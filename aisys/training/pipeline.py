@@ -1,4 +1,4 @@
-"""Train and register: events in, a registered model version out.
+"""Train: events in, a trained model bundle with its test metrics and run record out.
 
 events -> vocabulary + user histories (``aisys.features.sequences``) ->
 leave-last-one-out split -> SASRec on Ray Train (validation reported per
@@ -6,10 +6,12 @@ epoch) and, for ``model.kind: multistage`` (the default), the closed-form
 generators as Ray tasks and the blend tuned on valid
 (:mod:`aisys.training.multistage`) -> test metrics of the model (through the
 scorer serving uses) and of the popularity baseline on the same users -> a
-:class:`ModelBundle` with lineage -> the MLflow registry.
+:class:`ModelBundle` with lineage, and the params and metrics a run records.
 
-The caller reads the events (``Lake(uri).read_events(snapshot_id)``) and
-passes them in, so this stage needs no lake and is testable on a table.
+Training never registers its own model: a composition above it
+(:func:`aisys.pipeline.train_and_register`) hands :class:`TrainedModel` to the
+registry. The caller reads the events (``Lake(uri).read_events(snapshot_id)``)
+and passes them in, so this stage needs no lake and is testable on a table.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from aisys.config import AppConfig
 from aisys.features.sequences import build_vocabulary, user_histories
-from aisys.models.bundle import MULTISTAGE_FEATURE_SET_VERSION, ModelBundle
+from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
 from aisys.training.loop import evaluate
@@ -38,24 +40,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainOutcome:
-    """A trained, registered model: its bundle, test metrics, baseline and registry coordinates."""
+class TrainedModel:
+    """A trained model, not registered: its bundle, test metrics, baseline, and what its run records."""
 
     bundle: ModelBundle
     metrics: dict[str, float]  # the model (its scorer) on the test split (hr@10, ndcg@10, mrr@10, coverage@10, ...)
     baseline_metrics: dict[str, float]  # popularity on the same users
     history: list[dict] = field(default_factory=list)  # per-epoch loss and validation metrics
-    run_id: str = ""
-    model_name: str = ""
-    model_version: str = ""
-    # The gate's verdict on this version (a PromotionOutcome) when a face gated it after training
-    # (aisys.pipeline.train_from_lake); None when nobody did.
-    promotion: Any = None
-
-    @property
-    def promoted(self) -> bool | None:
-        """Whether the gate made this version champion (None: not gated)."""
-        return None if self.promotion is None else bool(self.promotion.promoted)
+    params: dict[str, Any] = field(default_factory=dict)  # the run's params (model, train, data, blend settings)
+    logged: dict[str, float] = field(default_factory=dict)  # the run's metrics (test_*, baseline_*, valid_gain_*)
 
 
 def code_version() -> str:
@@ -85,25 +78,21 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_and_register(
+def train_model(
     cfg: AppConfig,
     events: pa.Table,
     snapshot_id: str,
-    promote: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[str], None] | None = None,
-) -> TrainOutcome:
+) -> TrainedModel:
     """Train ``cfg.model.kind`` (SASRec alone, or the multi-stage model) on ``events`` (lake snapshot
-    ``snapshot_id``), evaluate it through its scorer and register it.
+    ``snapshot_id``) and evaluate it through its scorer; registering it is the caller's step.
 
-    With ``promote`` the new version takes ``cfg.registry.champion_alias`` directly, with no gate (tests and
-    benchmarks that need a champion in one call); without, it is registered with no alias and a gate decides
-    (``aisys train``, the retrain loop). ``on_epoch(row)`` gets each epoch's history row as it finishes
+    ``on_epoch(row)`` gets each epoch's history row as it finishes
     (:func:`~aisys.training.ray_train.train_with_ray`); ``on_step(name)`` is told when a step starts
-    (``train``, ``evaluate``, ``register``).
+    (``train``, ``evaluate``).
     """
     step = on_step or (lambda name: None)
-    from aisys.registry.mlflow_registry import log_and_register
     from aisys.training.ray_train import train_with_ray
 
     vocab = build_vocabulary(events, cfg.features.event_weights)
@@ -125,11 +114,10 @@ def train_and_register(
 
     with _torch_threads(cfg.train.torch_threads):
         if multistage is not None:
-            from aisys.training.multistage import score_sessions_metrics, valid_and_test_gaps
+            from aisys.training.multistage import multistage_test_metrics
 
-            _, test_gaps = valid_and_test_gaps(multistage_times(events, vocab), [], split.test.users)
-            metrics = score_sessions_metrics(multistage.scorer, split.test.histories, split.test.targets, test_gaps,
-                                             EVAL_K, vocab.item_popularity)
+            metrics, ranking_logged = multistage_test_metrics(multistage, split.test, multistage_times(events, vocab),
+                                                              EVAL_K, vocab.item_popularity)
         else:
             metrics = evaluate(_sasrec(result), split.test, max_len, k=EVAL_K, item_popularity=vocab.item_popularity)
         baseline = evaluate(
@@ -139,10 +127,11 @@ def train_and_register(
     model_config = result.model_config
     extra: dict[str, Any] = {}
     if multistage is not None:
+        ranking_config, ranking_extra = multistage.bundle_fields()  # the ranking stage (and its feature set)
         model_config = {"sasrec": result.model_config, "stages": [spec.to_dict() for spec in multistage.specs],
-                        "blend": multistage.blend.to_dict()}
-        extra = {"model_kind": "multistage", "feature_set_version": MULTISTAGE_FEATURE_SET_VERSION,
-                 "arrays": multistage.arrays, "item_titles": list(titles) if "title" in multistage.arrays else []}
+                        "blend": multistage.blend.to_dict(), **ranking_config}
+        extra = {"model_kind": "multistage", "arrays": multistage.arrays,
+                 "item_titles": list(titles) if "title" in multistage.arrays else [], **ranking_extra}
     bundle = ModelBundle(
         model_kind=extra.pop("model_kind", MODEL_KIND),
         model_config=model_config,
@@ -179,26 +168,10 @@ def train_and_register(
         # What each generator added on valid (NDCG@10 lost without it) and the came-back bucket's gain.
         logged.update({f"valid_gain_{name}": gain for name, gain in multistage.blend.stage_gain.items()})
         logged.update({"valid_gain_gap_bucket": multistage.blend.bucket_gain,
-                       "valid_blend_ndcg@10": multistage.blend.valid_ndcg,
+                       "valid_blend_ndcg@10": multistage.blend.valid_ndcg, **ranking_logged,
                        **{f"seconds_{name}": value for name, value in multistage.seconds.items()}})
-    step("register")
-    registered = log_and_register(
-        cfg,
-        bundle,
-        params,
-        logged,
-        result.history,
-        snapshot_id,
-        alias=cfg.registry.champion_alias if promote else None,
-    )
-    return TrainOutcome(
-        bundle=bundle,
-        metrics=metrics,
-        baseline_metrics=baseline,
-        history=result.history,
-        run_id=registered.run_id,
-        model_name=registered.name,
-        model_version=registered.version,
+    return TrainedModel(
+        bundle=bundle, metrics=metrics, baseline_metrics=baseline, history=result.history, params=params, logged=logged
     )
 
 
@@ -233,7 +206,7 @@ def _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch):
         result, fit = train_multistage(
             cfg, histories, multistage_times(events, vocab), split, vocab.n_items, titles,
             lambda: train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch),
-            sasrec_scorer,
+            sasrec_scorer, item_categories=vocab.item_categories,
         )
     return result, fit, titles
 
@@ -269,6 +242,9 @@ def _multistage_params(cfg: AppConfig, fit: Any) -> dict[str, Any]:
     params: dict[str, Any] = {f"model.stages.{k}": v for k, v in cfg.model.stages.model_dump().items()}
     params["blend.stages"] = ",".join(blend.active_stages())
     params["blend.gap_thresholds_s"] = blend.gap_thresholds
+    if fit.ranking is not None:
+        params["ranking.chosen"] = fit.ranking.chosen
+        params["ranking.reason"] = fit.ranking.reason[:500]
     for b, weights in enumerate(blend.bucket_weights):
         for name, weight in zip(blend.stages, weights):
             params[f"blend.bucket{b}.{name}"] = weight

@@ -1,12 +1,11 @@
-"""MLflow side of a sweep: the parent run, one child run per trial, and the best trial's registration.
+"""Recording a sweep: the parent run, one child run per trial, and the best trial's registration.
 
 Called by :mod:`aisys.tuning.sweep` in the driver after Tune finishes (see its docstring for why not in the
-trials). mlflow is imported inside the functions, so importing this module has no side effects.
+trials). The MLflow calls are the registry's (:mod:`aisys.registry.sweep_runs`): only the registry imports mlflow.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -19,67 +18,19 @@ from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
 from aisys.training.loop import evaluate
 from aisys.evaluation.protocol import EvalSet
 
-SWEEP_TAG = "aisys.sweep"
-TRIAL_TAG = "aisys.trial_id"
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's UI nests runs by this tag
 EVAL_K = 10
-_BATCH = 900  # MLflow's log_batch takes at most 1000 metrics per call
-
-
-def _log_metric_rows(client, run_id: str, rows: list[dict[str, float]], step_key: str = "epoch") -> None:
-    from mlflow.entities import Metric
-
-    from aisys.registry.mlflow_registry import mlflow_metric_name
-
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(mlflow_metric_name(k), float(v), now, int(row.get(step_key, n)))
-        for n, row in enumerate(rows)
-        for k, v in row.items()
-        if k != step_key
-    ]
-    for start in range(0, len(metrics), _BATCH):
-        client.log_batch(run_id, metrics=metrics[start : start + _BATCH])
 
 
 def log_sweep(cfg: AppConfig, snapshot_id: str, trials: list[dict[str, Any]], best: dict[str, Any]) -> str:
-    """Log the sweep's parent run and one child run per trial; return the parent run id.
+    """Log the sweep's parent run and one child run per trial (:mod:`aisys.registry.sweep_runs`); return the
+    parent run id.
 
     Each trial dict gains ``run_id`` (its child run).
     """
-    import mlflow
-    from mlflow.entities import Param
+    from aisys.registry.sweep_runs import log_sweep_runs
 
-    from aisys.registry.mlflow_registry import SNAPSHOT_TAG, configure_mlflow, mlflow_metric_name
-
-    experiment_id = configure_mlflow(cfg)
-    client = mlflow.MlflowClient()
-    parent = client.create_run(
-        experiment_id,
-        run_name=f"sweep-{snapshot_id}",
-        tags={SWEEP_TAG: "parent", SNAPSHOT_TAG: snapshot_id},
-    )
-    parent_id = parent.info.run_id
-    tune_params = {f"tune.{k}": v for k, v in cfg.tune.model_dump().items()}
-    client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in tune_params.items()])
-    for trial in trials:
-        child = client.create_run(
-            experiment_id,
-            run_name=f"trial-{trial['trial_id']}",
-            tags={PARENT_TAG: parent_id, SWEEP_TAG: "trial", TRIAL_TAG: trial["trial_id"],
-                  SNAPSHOT_TAG: snapshot_id, "aisys.trial_status": trial["status"]},
-        )
-        trial["run_id"] = child.info.run_id
-        client.log_batch(child.info.run_id, params=[Param(k, str(v)) for k, v in trial["config"].items()])
-        _log_metric_rows(client, child.info.run_id, trial["history"])
-        client.set_terminated(child.info.run_id, "FAILED" if trial["status"].startswith("error") else "FINISHED")
-    client.log_batch(parent_id, params=[Param(f"best.{k}", str(v)) for k, v in best["config"].items()])
-    metric_key = next(k for k in best if k.startswith("best_valid_"))
-    client.log_metric(parent_id, mlflow_metric_name(metric_key), float(best[metric_key]))
-    client.set_tag(parent_id, "aisys.best_trial_id", best["trial_id"])
-    client.log_dict(parent_id, [{k: v for k, v in t.items() if k != "path"} for t in trials], "trials.json")
-    client.set_terminated(parent_id, "FINISHED")
-    return parent_id
+    search_params = {f"tune.{k}": v for k, v in cfg.tune.model_dump().items()}
+    return log_sweep_runs(cfg, snapshot_id, search_params, trials, best)
 
 
 def register_best(
@@ -96,9 +47,8 @@ def register_best(
 
     Returns ``(RegisteredModel, test_metrics)``. The registration run becomes a child of the sweep's run.
     """
-    import mlflow
-
     from aisys.registry.mlflow_registry import log_and_register
+    from aisys.registry.sweep_runs import nest_registration_under_sweep
     from aisys.training.pipeline import code_version
 
     model_config = best_state["model_config"]
@@ -146,8 +96,5 @@ def register_best(
     registered = log_and_register(
         cfg, bundle, params, logged, best["history"], snapshot_id, alias=cfg.online.challenger_alias
     )
-    client = mlflow.MlflowClient()
-    client.set_tag(registered.run_id, PARENT_TAG, parent_run_id)
-    client.set_tag(registered.run_id, SWEEP_TAG, "registered")
-    client.set_tag(parent_run_id, "aisys.registered_version", registered.version)
+    nest_registration_under_sweep(cfg, registered.run_id, parent_run_id, registered.version)
     return registered, metrics

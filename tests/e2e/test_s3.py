@@ -21,7 +21,7 @@ import yaml
 
 from aisys.config import config_from_dict
 from aisys.data.lake import Lake
-from tests.conftest import small_config_dict
+from tests.conftest import seed_mlflow_db, small_config_dict
 from tests.e2e.cluster_helpers import (BIN, REPO, commit_events, free_port, tiny_events, train_tiny_champion,
                                       wait_until)
 
@@ -67,7 +67,11 @@ def s3(s3_endpoint, monkeypatch):
     return client
 
 
-def s3_config(tmp_path: Path, endpoint: str, prefix: str):
+def s3_config(tmp_path: Path, endpoint: str, prefix: str, mlflow_db_template: Path | None = None):
+    """Lake and MLflow artifacts under ``s3://BUCKET/<prefix>/``; the tracking DB stays local (a migrated empty
+    copy of ``mlflow_db_template`` when given: tests that register a model)."""
+    if mlflow_db_template is not None:
+        seed_mlflow_db(mlflow_db_template, tmp_path / "mlflow.db")  # small_config_dict's tracking URI
     data = small_config_dict(tmp_path)
     data["paths"].update(lake_uri=f"s3://{BUCKET}/{prefix}/lake", mlflow_artifact_uri=f"s3://{BUCKET}/{prefix}/mlartifacts",
                          s3_endpoint_url=endpoint)
@@ -117,11 +121,11 @@ def test_ingest_job_writes_a_snapshot_to_s3_and_reads_it_back(s3, s3_endpoint, t
     assert lake.read_quarantine(manifest.snapshot_id).num_rows == raw.bad_rows
 
 
-def test_mlflow_artifacts_on_s3_register_and_load_by_alias(s3, s3_endpoint, tmp_path):
+def test_mlflow_artifacts_on_s3_register_and_load_by_alias(s3, s3_endpoint, tmp_path, mlflow_db_template):
     from aisys.features.sequences import build_vocabulary
     from aisys.registry.mlflow_registry import load_bundle
 
-    cfg = s3_config(tmp_path, s3_endpoint, "registry")
+    cfg = s3_config(tmp_path, s3_endpoint, "registry", mlflow_db_template)
     events = tiny_events()
     lake = Lake.from_config(cfg.paths)
     snapshot_id = commit_events(lake, events)
@@ -138,7 +142,8 @@ def test_mlflow_artifacts_on_s3_register_and_load_by_alias(s3, s3_endpoint, tmp_
     assert bundle.lineage["run_id"] == registered.run_id
 
 
-def test_every_lake_reader_and_writer_reaches_the_s3_endpoint(s3, s3_endpoint, tmp_path, ray_session):
+def test_every_lake_reader_and_writer_reaches_the_s3_endpoint(s3, s3_endpoint, tmp_path, ray_session,
+                                                              mlflow_db_template):
     """Snapshots, concurrent commits, profiles, drift reports, the audit log, the gate's holdout and a sweep all
     open the lake with the configured endpoint: were any of them to look on AWS instead, it would fail here
     (no AWS is reachable), and every object they write is found in the test bucket."""
@@ -152,7 +157,7 @@ def test_every_lake_reader_and_writer_reaches_the_s3_endpoint(s3, s3_endpoint, t
     from aisys.registry.promotion import promote
     from aisys.tuning.sweep import run_sweep
 
-    cfg = s3_config(tmp_path, s3_endpoint, "readers")
+    cfg = s3_config(tmp_path, s3_endpoint, "readers", mlflow_db_template)
     lake = Lake.from_config(cfg.paths)
     events = tiny_events()
     first = commit_events(lake, events.slice(0, events.num_rows - 200))

@@ -19,7 +19,7 @@ import yaml
 from aisys.config import config_from_dict
 from aisys.data.lake import Lake
 from aisys.serving.deploy_config import render_serve_file
-from tests.conftest import small_config_dict
+from tests.conftest import seed_mlflow_db, small_config_dict
 from tests.e2e.cluster_helpers import BIN, REPO, commit_events, free_port, tiny_events, train_tiny_champion, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -53,7 +53,8 @@ def test_serve_configs_validate_against_serves_deploy_schema():
     assert deployment.autoscaling_config["downscaling_factor"] == 0.5 and deployment.max_queued_requests == 8
 
 
-def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path, token_head):
+def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path, token_head, mlflow_db_template):
+    seed_mlflow_db(mlflow_db_template, tmp_path / "mlflow.db")  # small_config_dict's tracking URI, already migrated
     data = small_config_dict(tmp_path)
     cfg = config_from_dict(data, "test_serve_deploy")
     events = tiny_events()

@@ -186,6 +186,9 @@ def test_a_port_held_by_someone_else_is_named_with_the_fix(served_workspace):
 
     port = yaml.safe_load(served_workspace.read_text())["serve"]["port"]
     with socket.socket() as holder:
+        # The earlier tests' connections to this port may linger in TIME_WAIT; without SO_REUSEADDR that alone
+        # refuses the bind (as it would refuse any server that sets it). A port still *listened on* still fails.
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
         proc = subprocess.run([sys.executable, "-m", "aisys.cli", "serve", "--config", str(served_workspace)],

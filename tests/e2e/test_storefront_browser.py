@@ -33,7 +33,7 @@ import pytest
 
 from aisys.config import SimulatorConfig, config_from_dict
 from aisys.data.lake import Lake
-from tests.conftest import small_config_dict
+from tests.conftest import seed_mlflow_db, small_config_dict
 from tests.e2e.cluster_helpers import commit_events, tiny_events, train_tiny_champion, wait_until
 from tests.e2e.conftest import free_port
 
@@ -102,7 +102,7 @@ def _mlflow_ui(cfg, root: Path) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory, ray_session):
+def shop(tmp_path_factory, ray_session, mlflow_db_template):
     """A trained champion served with the gateway on, the lake's product table and retrain decisions, an MLflow UI."""
     from aisys.data.products import read_products, write_products
     from aisys.data.simulator import simulate_products
@@ -116,29 +116,31 @@ def shop(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("shop")
     shots = tmp_path_factory.mktemp("screenshots")
     print(f"screenshots folder: {shots}")
+    seed_mlflow_db(mlflow_db_template, root / "mlflow.db")  # small_config_dict's tracking URI, already migrated
     data = small_config_dict(root)
     data["serve"] = {"port": free_port(), "access_log": False}
     data["online"] = {"session_store": "memory", "latency_budget_ms": 5000, "follow_alias_every_s": 0}
     data["train"] = {"epochs": 1, "batch_size": 32, "lr": 0.005}
     cfg = config_from_dict(data, "storefront test")
-    # Four categories with strong tastes: a user who keeps clicking one category should be shown it.
-    events = tiny_events(n_users=SHOP.n_users, n_items=SHOP.n_items, n_sessions=SHOP.n_sessions)
-    lake = Lake.from_config(cfg.paths)
-    snapshot_id = commit_events(lake, events)
-    write_products(lake, simulate_products(SHOP))
-    registered = train_tiny_champion(cfg, events, snapshot_id, epochs=25)
+    # The MLflow UI (~10 s to answer on a busy 2-core box) boots while the champion trains and Serve starts.
     mlflow_ui, mlflow_url = _mlflow_ui(cfg, root)
     try:
+        # Four categories with strong tastes: a user who keeps clicking one category should be shown it.
+        events = tiny_events(n_users=SHOP.n_users, n_items=SHOP.n_items, n_sessions=SHOP.n_sessions)
+        lake = Lake.from_config(cfg.paths)
+        snapshot_id = commit_events(lake, events)
+        write_products(lake, simulate_products(SHOP))
+        registered = train_tiny_champion(cfg, events, snapshot_id, epochs=25)
         offline = _log_offline_metrics(cfg, events, registered.version)
         write_decisions(cfg, [0.05, 0.24, 0.28, 0.34, 0.12])  # three checks over 0.2 in a row: a retrain
-        wait_until(lambda: httpx.get(mlflow_url, timeout=2).status_code == 200, timeout=90,
-                   what="the MLflow UI to answer")
         cfg = config_from_dict({**data, "serve": {**data["serve"], "mlflow_ui_url": mlflow_url,
                                                   "ray_dashboard_url": f"http://127.0.0.1:{free_port()}/"}},
                                "storefront test")
         keys = ensure_dev_keys(cfg)
         url = start_serving(cfg)
         try:
+            wait_until(lambda: httpx.get(mlflow_url, timeout=2).status_code == 200, timeout=90,
+                       what="the MLflow UI to answer")
             yield SimpleNamespace(url=url, keys=keys, version=registered.version, shots=shots, offline=offline,
                                   products={r["item_id"]: r for r in read_products(lake).to_pylist()})
         finally:

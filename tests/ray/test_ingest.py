@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from aisys.config import IngestConfig, SimulatorConfig
-from aisys.data.ingest import (clean_rows, hash_strings, ingest_files, pick_winners, pick_winners_hashed,
-                               quarantine_of, validate_to_tagged)
+from aisys.data.ingest import ingest_files
+from aisys.data.ingest_blocks import (clean_rows, hash_strings, pick_winners, pick_winners_hashed, quarantine_of,
+                                      validate_to_tagged)
 from aisys.data.lake import Lake
 from aisys.data.raw_files import BREAKAGES, write_raw_events
 from aisys.data.simulator import simulate_events

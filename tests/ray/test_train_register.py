@@ -12,7 +12,7 @@ import pytest
 from aisys.models.multistage import build_scorer
 from aisys.registry.mlflow_registry import get_model_info, load_bundle, set_alias
 from aisys.schemas import EVENT_SCHEMA
-from aisys.training.pipeline import train_and_register
+from aisys.pipeline import train_and_register
 
 pytestmark = pytest.mark.ray
 

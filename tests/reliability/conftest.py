@@ -103,7 +103,7 @@ def report_figure(fault: str, observed: str, lost: str) -> None:
 
 
 def assert_error_shape(response, status: int | None = None) -> dict:
-    """The one JSON error shape of ``aisys.serving.errors``; returns the body."""
+    """The one JSON error shape of ``aisys.gateway.errors``; returns the body."""
     if status is not None:
         assert response.status_code == status, (response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith("application/json"), response.headers

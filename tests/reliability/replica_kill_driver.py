@@ -309,7 +309,7 @@ async def event_checks(cfg, posts_by_user: dict[str, int], n_users: int, seeded_
     """No POST applied twice: each user's session grew by exactly its accepted POSTs; the collector lines."""
     import ray
 
-    from aisys.serving.deployment import collector_folder
+    from aisys.serving.collector_store import collector_folder
     from aisys.serving.session_actor import NAMESPACE, ActorSessionStore, session_actor_name
 
     handle = ray.get_actor(session_actor_name(cfg), namespace=NAMESPACE)

@@ -21,7 +21,7 @@ from aisys.config import config_from_dict
 from aisys.gateway import create_key
 from aisys.gateway.keys import FileKeyStore, keys_file_path
 from aisys.serving.app import start_serving, stop_serving
-from tests.conftest import small_config_dict
+from tests.conftest import seed_mlflow_db, small_config_dict
 from tests.ray.test_serve import N_USERS, commit_snapshot, free_port, register_untrained, shop_events
 from tests.reliability.conftest import assert_error_shape, report_figure
 
@@ -33,8 +33,10 @@ WARM_UP = 8
 
 
 @pytest.fixture(scope="module")
-def serving(ray_session, tmp_path_factory):
-    cfg = config_from_dict(small_config_dict(tmp_path_factory.mktemp("rate-limit-http")), "tests")
+def serving(ray_session, tmp_path_factory, mlflow_db_template):
+    root = tmp_path_factory.mktemp("rate-limit-http")
+    seed_mlflow_db(mlflow_db_template, root / "mlflow.db")  # small_config_dict's tracking URI, already migrated
+    cfg = config_from_dict(small_config_dict(root), "tests")
     cfg.serve.port = free_port()
     cfg.serve.num_replicas = 2
     cfg.online.latency_budget_ms = 5000  # a busy box must not trigger the budget fallback here

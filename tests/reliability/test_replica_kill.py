@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from aisys.runtime import HAPROXY_RETRY_ON, apply_ingress_environment, ingress_environment
+from tests.conftest import seed_mlflow_db
 from tests.reliability.conftest import report_figure
 
 pytestmark = pytest.mark.reliability
@@ -74,11 +75,13 @@ def run_driver(root: Path, *extra: str) -> dict:
 
 
 @pytest.mark.ray
-def test_a_replica_killed_at_200_requests_per_second_behind_haproxy_fails_no_request(tmp_path):
+def test_a_replica_killed_at_200_requests_per_second_behind_haproxy_fails_no_request(tmp_path, mlflow_db_template):
     from aisys.config import AppConfig
 
     # HAProxy is the default ingress (issue 15): what a user of `aisys serve` gets is what is tested here.
     assert AppConfig().serve.ingress == "haproxy"
+    # The driver's workspace is small_config_dict(tmp_path): its tracking DB starts migrated, as the suite's do.
+    seed_mlflow_db(mlflow_db_template, tmp_path / "mlflow.db")
     result = run_driver(tmp_path, "--ingress", "haproxy", "--rate", str(RATE))
     haproxy = result["haproxy"]
     print(f"\nreplica kill behind HAProxy: {json.dumps({k: v for k, v in result.items() if k != 'haproxy'})}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aisys.models.baselines import BPRMF, EASE, ItemKNN, MostPopular, interaction_matrix
+from aisys.models.baselines import EASE, ItemKNN, MostPopular, interaction_matrix
+from aisys.models.bprmf import BPRMF
 
 
 def two_clusters(n_users: int = 40, seed: int = 0) -> dict[str, list[int]]:

@@ -144,14 +144,14 @@ def tiny_movielens_for_blends(tmp_path, monkeypatch):
     coarse (the tests check the wiring, not the tuning's reach) and every extra bucket kept whatever it gains."""
     from aisys.config import load_config
     from aisys.data.movielens import read_grouplens, read_item_ids
-    from aisys.evaluation import runner
+    from aisys.evaluation import blends, runner
     from aisys.evaluation.protocol import interactions_from_events
     from tests.unit.test_evaluate_cli import write_grouplens
 
-    monkeypatch.setattr(runner, "RECENCY_BLEND_WEIGHTS", (0.0, 1.0))
-    monkeypatch.setattr(runner, "CONTEXT_SASREC_WEIGHTS", (1.0,))
-    monkeypatch.setattr(runner, "CONTEXT_MIN_GAIN", -1.0)
-    monkeypatch.setattr(runner, "CONTEXT_GAP_THRESHOLDS", (5.0,))  # the tiny data's ratings are 10 s apart
+    monkeypatch.setattr(blends, "RECENCY_BLEND_WEIGHTS", (0.0, 1.0))
+    monkeypatch.setattr(blends, "CONTEXT_SASREC_WEIGHTS", (1.0,))
+    monkeypatch.setattr(blends, "CONTEXT_MIN_GAIN", -1.0)
+    monkeypatch.setattr(blends, "CONTEXT_GAP_THRESHOLDS", (5.0,))  # the tiny data's ratings are 10 s apart
     monkeypatch.setitem(
         runner.BASELINE_GRIDS, "ease-recency", [{"l2": 30.0, "input_decay": 1.0, "half_life_days": None}]
     )

@@ -58,7 +58,7 @@ def _gateway_app(clock: FakeClock, rate_per_s: float, burst: int):
 
     from aisys.config import config_from_dict
     from aisys.gateway import Gateway, InMemoryKeyStore, InMemoryRateLimiter, Principal, create_key
-    from aisys.serving.errors import install_error_handlers
+    from aisys.gateway.errors import install_error_handlers
 
     cfg = config_from_dict({"gateway": {"rate_limit_per_s": rate_per_s, "rate_limit_burst": burst, "rate_limit_backend": "memory"}})
     store = InMemoryKeyStore()

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from aisys.config import AppConfig, config_from_dict
 from aisys.gateway import Decision, Gateway, InMemoryKeyStore, InMemoryRateLimiter, Principal, RateLimiter, create_key
 from aisys.gateway.middleware import ACCESS_LOGGER_NAME
-from aisys.serving.errors import install_error_handlers
+from aisys.gateway.errors import install_error_handlers
 
 ORIGIN = "https://shop.example.com"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aisys.gateway.cli_verbs import register
+from aisys.cli.access_verbs import register
 from aisys.gateway.dev_keys import DEV_ADMIN_NAME, DEV_STOREFRONT_NAME, dev_keys_path, ensure_dev_keys, read_dev_keys
 from aisys.gateway.keys import (
     FileKeyStore,

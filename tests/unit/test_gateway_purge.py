@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aisys.cli import main
 from aisys.gateway.keys import FileKeyStore, create_key, keys_file_path
-from aisys.serving.event_log import JsonlEventLog, collector_folder, purge_sender
+from aisys.serving.collector_store import collector_folder
+from aisys.serving.event_log import JsonlEventLog, purge_sender
 from aisys.serving.service import event_with_catalogue_attributes
 from aisys.storefront.catalogue import Product
 from aisys.config import config_from_dict

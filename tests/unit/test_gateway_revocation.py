@@ -20,7 +20,8 @@ from aisys.gateway.revocations import (
     revocations_from_config,
     revocations_path,
 )
-from aisys.serving.event_log import JsonlEventLog, collector_folder
+from aisys.serving.collector_store import collector_folder
+from aisys.serving.event_log import JsonlEventLog
 from tests.conftest import small_config_dict
 from tests.unit.test_gateway_shopper import Clock, api, shopper
 

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import pytest
 
 from aisys.monitoring.policy import ParquetAuditLog, PolicyState, RetrainPolicy
-from aisys.storefront import provider
+from aisys.serving import ops_view as provider
 from aisys.storefront.opsdata import (
     decision_rows, drift_chart_svg, drift_series, drift_summary, link_row, metric_key, offline_metrics,
 )

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from aisys.config import SimulatorConfig
 from aisys.data.simulator import simulate_events, simulate_products
-from aisys.serving.errors import install_error_handlers
+from aisys.gateway.errors import install_error_handlers
 from aisys.storefront.catalogue import build_catalogue
 from aisys.storefront.images import initials, product_image, product_svg
 from aisys.storefront.routes import install_storefront

@@ -7,6 +7,9 @@ adds ``--config``/``--set`` to each action, so they go after it
 ``aisys sessions revoke SID [--purge]`` ends one shopper session before it
 expires (:mod:`aisys.gateway.revocations`) and, with ``--purge``, removes the
 events it sent from the collector; ``aisys sessions list`` shows the revoked ones.
+
+A face, not part of the gateway: revoking with ``--purge`` composes the gateway's key and session stores with
+serving's collector, and the gateway itself never imports serving (contract ``gateway-below-serving``).
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def purge_sender_events(cfg: AppConfig, sender: str, what: str) -> int:
         where = cfg.paths.collector_uri
         removed = purge_sender_objects(where, sender, cfg.paths)
     else:
-        from aisys.serving.event_log import collector_folder, purge_sender  # the event log owns its file format
+        from aisys.serving.collector_store import collector_folder
+        from aisys.serving.event_log import purge_sender  # the event log owns its file format
 
         where = str(collector_folder(cfg))
         removed = purge_sender(collector_folder(cfg), sender)
