@@ -63,6 +63,8 @@ def test_evaluate_without_model_exports_the_serving_recommenders_lists(ray_sessi
         assert exported[user] == [item.item_id for item in answer.items]
 
     # Nothing was registered: the workspace's MLflow registry holds no model.
-    assert mlflow.MlflowClient(tracking_uri=config["paths"]["mlflow_tracking_uri"]).search_registered_models() == []
+    # Name both URIs: MLflow's registry URI is process-wide, and an earlier test in this process may have set it.
+    uri = config["paths"]["mlflow_tracking_uri"]
+    assert mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() == []
     printed = capsys.readouterr().out
     assert "serving Recommender" in printed and "registered nothing" in printed and "NDCG@10" in printed
