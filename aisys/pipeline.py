@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from aisys.config import AppConfig
+from aisys.registry.interface import ModelRegistry
 
 
 def source_events(cfg: AppConfig) -> pa.Table:
@@ -102,7 +103,7 @@ def train_and_register(
     promote: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[str], None] | None = None,
-    registry: Any = None,
+    registry: ModelRegistry | None = None,
 ) -> TrainOutcome:
     """Train on ``events`` (lake snapshot ``snapshot_id``; :func:`aisys.training.pipeline.train_model`) and
     register the model with its run in ``registry`` (a :class:`~aisys.registry.interface.ModelRegistry`;
@@ -142,6 +143,7 @@ def train_from_lake(
     snapshot_id: str | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    registry: ModelRegistry | None = None,
 ):
     """Read a lake snapshot (latest by default), train on Ray Train, register the model, then gate it.
 
@@ -151,10 +153,10 @@ def train_from_lake(
     otherwise it becomes champion only if it beats the champion. A refused version stays registered. The
     returned :class:`TrainOutcome` carries the verdict in ``promotion`` (and
     ``promoted``); the version is tagged with the decision run (``aisys.gate_run_id``, ``aisys.gate_decision``).
-    ``on_epoch``/``on_step`` follow the run (``on_step`` also gets ``gate``).
+    ``on_epoch``/``on_step`` follow the run (``on_step`` also gets ``gate``). ``registry``: where the version is
+    registered and tagged (default MLflow); the gate records its decision run in MLflow either way.
     """
     from aisys.data.lake import Lake
-    from aisys.registry.mlflow_registry import tag_version
     from aisys.registry.promotion import GATE_DECISION_TAG, GATE_RUN_TAG, promote
     from aisys.runtime import init_ray
 
@@ -163,13 +165,17 @@ def train_from_lake(
     if manifest is None:
         raise FileNotFoundError(f"the lake at {cfg.paths.lake_uri} has no snapshot yet: run `aisys ingest` first")
     events = lake.read_events(manifest.snapshot_id)
+    if registry is None:
+        from aisys.registry.mlflow_registry import MlflowRegistry
+
+        registry = MlflowRegistry(cfg)
     init_ray(cfg)
     outcome = train_and_register(cfg, events, manifest.snapshot_id, promote=False, on_epoch=on_epoch,
-                                 on_step=on_step)
+                                 on_step=on_step, registry=registry)
     if on_step is not None:
         on_step("gate")
     outcome.promotion = promote(cfg, version=outcome.model_version, snapshot_id=manifest.snapshot_id)
     decision = "promote" if outcome.promotion.promoted else "refuse"
-    tag_version(cfg, outcome.model_version, {GATE_RUN_TAG: outcome.promotion.run_id, GATE_DECISION_TAG: decision},
-                [outcome.run_id])
+    registry.tag_version(outcome.model_version,
+                         {GATE_RUN_TAG: outcome.promotion.run_id, GATE_DECISION_TAG: decision}, [outcome.run_id])
     return outcome

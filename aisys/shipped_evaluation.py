@@ -1,6 +1,7 @@
 """Evaluate what ships: train the default model kind as `aisys train` does, then rank through the serving path.
 
-A stage composition (faces level, beside :mod:`aisys.pipeline`): the offline protocol's split
+A stage composition over :mod:`aisys.pipeline` and serving (its own row of the package map, beside the loop,
+below the faces that call it): the offline protocol's split
 (:mod:`aisys.evaluation.protocol`) decides what the model may see and what it is tested on; training is
 :func:`aisys.training.pipeline.train_model`, the function `aisys train` runs (or
 :func:`aisys.pipeline.train_and_register` with ``register``); every test user's top-100 comes from the serving

@@ -10,8 +10,12 @@ every cell:
 - ``shipped``: ``aisys serve`` (``python -m aisys.cli serve``) on configs/local.yaml with every default,
   changed only where ``serving_workload.RAISED_OUT_OF_THE_WAY`` says (response cache off, rate limit out of
   reach, a generous latency budget), all printed in the header;
+- ``shipped-1-replica``: the same with one replica (``ONE_REPLICA``), what shipped before
+  ``serve.num_replicas: auto`` (one replica per CPU);
 - ``shipped-old-hops``: the same, with the request path of before issue 15 (both shared actors asked on every
   request: ``OLD_HOPS``), to show what the leases and the replica-local session copy moved;
+- ``set:KEY=VALUE[;KEY=VALUE]``: the same with those settings (``set:serve.access_log=true``), one setting measured
+  against the shipped row of the same run;
 - ``ingress=proxy|direct|haproxy``: the same ``aisys serve`` with ``--set serve.ingress=...`` (extra rows;
   the default ingress is the ``shipped`` row). ``direct`` is measured on ``serve.port``, the port a user has.
 
@@ -56,13 +60,31 @@ INGRESSES = ("proxy", "direct", "haproxy")
 # `aisys serve` with the default ingress but the request path of before issue 15: the shared limiter and session
 # actors asked on every request (no leases, no replica-local session copy). Shows what those two changes moved.
 OLD_HOPS = {"gateway.rate_limit_lease_max_tokens": 1, "online.session_sync_every_s": 0}
+# `aisys serve` as it shipped before `serve.num_replicas: auto`: one replica, reserving one CPU.
+ONE_REPLICA = {"serve.num_replicas": 1}
 DIRECT_PORT_SPAN = 20
+
+
+def set_mode_overrides(mode: str) -> dict[str, Any]:
+    """``set:serve.access_log=true;serve.max_ongoing_requests=16`` -> the overrides (values parsed as ``--set``)."""
+    import yaml
+
+    pairs = [p for p in mode.removeprefix("set:").split(";") if p]
+    if not pairs or not all("=" in p for p in pairs):
+        raise ValueError(f"mode {mode!r}: use set:section.key=value[;section.key=value...]")
+    return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
+
+
+def file_stem(mode: str) -> str:
+    """A file name for ``mode``'s config and log."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in mode)
 
 
 def default_modes() -> list[str]:
     """uvicorn, what ships, then each other ingress as an extra row."""
     shipped = AppConfig().serve.ingress
-    return ["uvicorn", "shipped", "shipped-old-hops", *(f"ingress={i}" for i in INGRESSES if i != shipped)]
+    return ["uvicorn", "shipped", "shipped-1-replica", "shipped-old-hops",
+            *(f"ingress={i}" for i in INGRESSES if i != shipped)]
 
 
 def run_load(urls: list[str], paths_file: Path, api_key: str, args: argparse.Namespace, *,
@@ -84,11 +106,15 @@ def measure_mode(mode: str, args: argparse.Namespace, workdir: Path, api_key: st
                  probe: str) -> dict[str, Any]:
     """Start ``mode``'s server, run every cell against it with CPU sampled around each, stop it."""
     port = free_port_block()
-    config_path = workdir / f"config-{mode.replace('=', '-')}.yaml"
-    log_path = workdir / "logs" / f"{mode.replace('=', '-')}.log"
+    config_path = workdir / f"config-{file_stem(mode)}.yaml"
+    log_path = workdir / "logs" / f"{file_stem(mode)}.log"
     extra = {"serve.ingress": mode.split("=", 1)[1]} if mode.startswith("ingress=") else {}
     if mode == "shipped-old-hops":
         extra = dict(OLD_HOPS)
+    if mode == "shipped-1-replica":
+        extra = dict(ONE_REPLICA)
+    if mode.startswith("set:"):
+        extra = set_mode_overrides(mode)
     cfg = write_config(config_path, bench_overrides(workdir, port, extra), base=args.base_config)
     t0 = time.monotonic()
     if mode == "uvicorn":
@@ -157,7 +183,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 modes.append(measure_mode(mode, args, workdir, api_key, paths_file, f"/recommendations/{users[0]}?k={K}"))
             except Exception as err:  # one broken mode must not lose the others' numbers
-                log = workdir / "logs" / f"{mode.replace('=', '-')}.log"
+                log = workdir / "logs" / f"{file_stem(mode)}.log"
                 print(f"[{mode}] FAILED: {err}\n{log.read_text()[-2000:] if log.exists() else ''}", flush=True)
                 modes.append({"mode": mode, "kind": "shipped" if mode == "shipped" else mode, "error": str(err)})
         result = {
@@ -187,8 +213,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s cells, 1 s warm-up, 200 users")
     parser.add_argument("--modes", default=None,
-                        help="comma-separated among uvicorn, shipped, shipped-old-hops (the default ingress with "
-                        "every request asking the limiter and session actors), ingress=proxy|direct|haproxy "
+                        help="comma-separated among uvicorn, shipped, shipped-1-replica (one replica, as shipped "
+                        "before serve.num_replicas: auto), shipped-old-hops (the default ingress with "
+                        "every request asking the limiter and session actors), ingress=proxy|direct|haproxy, "
+                        "set:KEY=VALUE[;KEY=VALUE] (the shipped server with those --set values) "
                         f"(default: {','.join(default_modes())})")
     parser.add_argument("--workspace", type=Path, default=None,
                         help="serve a copy of this trained workspace's champion instead of a synthetic SASRec")
@@ -207,9 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="results JSON; default benchmarks/results/serving.json (serving_quick.json with --quick)")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in (args.modes or ",".join(default_modes())).split(",") if m.strip()]
-    allowed = {"uvicorn", "shipped", "shipped-old-hops", *(f"ingress={i}" for i in INGRESSES)}
+    allowed = {"uvicorn", "shipped", "shipped-1-replica", "shipped-old-hops", *(f"ingress={i}" for i in INGRESSES)}
     for mode in args.modes:
-        if mode not in allowed:
+        if mode not in allowed and not mode.startswith("set:"):
             parser.error(f"--modes: unknown mode {mode!r}; use {', '.join(sorted(allowed))}")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.workspace is not None and not (args.workspace / "mlflow.db").exists():

@@ -25,7 +25,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from serving import DIRECT_PORT_SPAN, RESULTS, prepare_workspace, run_load
+from serving import DIRECT_PORT_SPAN, ONE_REPLICA, RESULTS, prepare_workspace, run_load, set_mode_overrides
 from serving_servers import QUIET, CpuMeter, free_port_block, start_aisys_serve, stop, wait_healthy
 from serving_workload import K, bench_key, bench_overrides, write_config
 
@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds sampled (load runs 3 s longer)")
-    parser.add_argument("--mode", default="shipped", help="shipped, or ingress=proxy|direct|haproxy")
+    parser.add_argument("--mode", default="shipped",
+                        help="shipped, shipped-1-replica, ingress=proxy|direct|haproxy, or set:KEY=VALUE[;KEY=VALUE]")
+    parser.add_argument("--base-config", type=Path, default=None,
+                        help="the config `aisys serve` would read (default configs/local.yaml)")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault(key, value)
     workdir = Path(tempfile.mkdtemp(prefix="aisys-bench-profile-"))
     (workdir / "logs").mkdir()
-    setup = argparse.Namespace(workspace=None, base_config=None, users=1000, items=2000,
+    setup = argparse.Namespace(workspace=None, base_config=args.base_config, users=1000, items=2000,
                                duration=args.duration + 3, warmup=2.0)
     proc = None
     try:
@@ -89,8 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         paths_file.write_text("".join(f"/recommendations/{u}?k={K}\n" for u in users))
         port = free_port_block()
         extra = {"serve.ingress": args.mode.split("=", 1)[1]} if args.mode.startswith("ingress=") else {}
+        if args.mode == "shipped-1-replica":
+            extra = dict(ONE_REPLICA)
+        if args.mode.startswith("set:"):
+            extra = set_mode_overrides(args.mode)
         config_path = workdir / "config.yaml"
-        write_config(config_path, bench_overrides(workdir, port, extra))
+        write_config(config_path, bench_overrides(workdir, port, extra), base=args.base_config)
         direct = free_port_block(DIRECT_PORT_SPAN)
         proc = start_aisys_serve(config_path, workdir / "logs" / "serve.log", {
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct),

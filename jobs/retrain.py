@@ -10,7 +10,7 @@ import sys
 from _entry import parse
 
 from aisys.loop.controller import OUTCOME_MARKER, job_config_from_environment
-from aisys.loop.retrain import describe_request, find_monitor, retrain
+from aisys.loop.retrain import describe_request, retrain
 
 
 def _flags(parser) -> None:
@@ -26,15 +26,11 @@ if __name__ == "__main__":
     reason, trigger = describe_request(request)
     reason, trigger = args.reason or reason, args.trigger or trigger
     if request is None:
-        # By hand: count it against the monitor's cooldown and budget (the monitor counts its own decisions).
-        from aisys.runtime import init_ray
+        # By hand: audit it as a manual retrain, so the loop counts it against the cooldown and the budget
+        # (a controller reads the audit table's last 24 hours when it starts; a decision was audited already).
+        from aisys.loop.decider import RetrainDecider
 
-        init_ray(cfg)
-        monitor = find_monitor(cfg)
-        if monitor is not None:
-            import ray
-
-            ray.get(monitor.record_retrain.remote())
+        RetrainDecider.from_config(cfg).record_retrain(reason)
     outcome = retrain(cfg, snapshot_id=args.snapshot, reason=reason, trigger=trigger)
     print(OUTCOME_MARKER + json.dumps(outcome.to_dict(), default=str), flush=True)
     sys.exit(0 if outcome.promoted else 3)

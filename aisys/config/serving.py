@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -13,7 +13,14 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = "/"
-    num_replicas: int = Field(1, ge=1)
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Replicas of RecommenderService (without autoscaling). 'auto' (the default): one per CPU of the "
+        "Ray that serves (ray.num_cpus), as `uvicorn --workers <cores>` runs a worker per core: a replica is one "
+        "Python process and uses one core; but 1 while a replica keeps per-process state that replicas would not "
+        "share (online.session_store or gateway.rate_limit_backend 'memory'). Each replica loads the model. "
+        "docs/serving.md, Configuration.",
+    )
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int = Field(
         -1, ge=-1,
@@ -24,7 +31,12 @@ class ServeConfig(_Section):
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1)
     model_uri: str | None = Field(None, description="Override the registry alias (models:/name/version).")
-    access_log: bool = Field(True, description="Serve's per-request access log lines.")
+    access_log: bool = Field(
+        False,
+        description="Per-request access log lines (Serve's and the gateway's JSON line). Off by default: at 1 client "
+        "they cost 1.6-3.5 ms of server CPU per request (two runs; two lines, a rotating log file, Ray's log forwarding to the "
+        "`aisys serve` terminal; docs/serving.md, Benchmarks). Turn on with --set serve.access_log=true.",
+    )
     mlflow_ui_url: str | None = Field(None, description="Link to the MLflow UI shown in the operator view.")
     ray_dashboard_url: str | None = Field(None, description="Link to the Ray dashboard shown in the operator view.")
     grafana_url: str | None = Field(None, description="Link to Grafana (serving dashboards) shown in the operator view.")
@@ -40,7 +52,12 @@ class ServeConfig(_Section):
     downscaling_factor: float | None = Field(
         None, gt=0, le=1, description="Autoscaling: multiplier on each scale-down step (<1: gently); None = Serve's 1."
     )
-    replica_cpus: float = Field(1.0, gt=0, description="CPUs each replica reserves: one torch thread (train.torch_threads).")
+    replica_cpus: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="CPUs each replica reserves in Ray's scheduler (one torch thread, train.torch_threads). 'auto': "
+        "1.0, except with num_replicas 'auto', where the replicas share one CPU (1/replicas each), so a retrain or "
+        "an ingest on the same local Ray still finds the CPUs it found beside the old single replica.",
+    )
     replica_memory_mb: int | None = Field(None, ge=1, description="Memory each replica reserves when scheduled; None: none.")
     max_batch_size: int = Field(32, ge=1, description="Requests scored in one forward pass (@serve.batch; user_config).")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill (user_config).")

@@ -1,7 +1,9 @@
-"""The closed loop's driver: take the monitor's retrain requests, ingest what was collected, retrain behind the gate.
+"""The closed loop's driver: decide on the monitor's findings, ingest what was collected, retrain behind the gate.
 
-:class:`RetrainController` polls the workspace's drift monitor actor
-(:meth:`~aisys.monitoring.monitor_actor.DriftMonitor.take_retrain_request`). For each request it
+:class:`RetrainController` polls the workspace's drift monitor actor for the findings of its checks
+(:meth:`~aisys.monitoring.monitor_actor.DriftMonitor.take_findings`) and decides on each with its
+:class:`~aisys.loop.decider.RetrainDecider` (the retrain policy, the cooldown, the daily budget, the audit
+table). For each retrain decision it
 
 1. ingests the events the HTTP collector wrote since the last time (``<workspace>/collector/*.jsonl``) into a
    new lake snapshot, so the retrain sees the traffic that drifted (files are claimed by renaming them into
@@ -11,9 +13,8 @@
    ``cfg.ray.address`` points at a cluster, and waits for it;
 3. records what happened (:class:`LoopRecord`, also appended to ``<workspace>/loop/retrains.jsonl``).
 
-The monitor counts its own retrain decisions against the cooldown and daily budget when it makes them, so
-the controller does not call ``record_retrain`` for them (that would count one retrain twice); a retrain
-asked for by hand (:meth:`RetrainController.request_retrain`) is recorded there.
+The decider counts a retrain decision against the cooldown and daily budget when it makes it; a retrain
+asked for by hand (:meth:`RetrainController.request_retrain`) is counted (and audited) as it starts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from aisys.config import AppConfig
+from aisys.loop.decider import RetrainDecider
 from aisys.loop.retrain import RetrainOutcome, describe_request
 from aisys.serving.collector_store import collector_folder
 
@@ -41,7 +43,7 @@ SubmitMode = Literal["auto", "inline", "job"]
 SubmitFn = Callable[[AppConfig, "dict[str, Any] | None"], RetrainOutcome]
 
 CONFIG_ENV = "AISYS_LOOP_CONFIG_JSON"  # the job's AppConfig, as JSON (no shared config file needed)
-REQUEST_ENV = "AISYS_LOOP_REQUEST_JSON"  # the monitor's request the job answers
+REQUEST_ENV = "AISYS_LOOP_REQUEST_JSON"  # the decision (request) the job answers
 OUTCOME_MARKER = "AISYS_RETRAIN_OUTCOME "  # prefix of the job's result line in its logs
 CLAIMED, INGESTED = "claimed", "ingested"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -215,12 +217,14 @@ def submit_retrain_job(
 
 
 class RetrainController:
-    """Polls the monitor for retrain requests and answers each with ingest + retrain; see the module docstring.
+    """Decides on the monitor's findings and answers each retrain decision with ingest + retrain; see the module
+    docstring.
 
     ``submit``: ``"inline"``, ``"job"``, ``"auto"`` (a job when ``cfg.ray.address`` is set, else inline), or a
     function ``(cfg, request) -> RetrainOutcome``. ``monitor``: the monitor actor handle (or an in-process
     ``DriftMonitor``); ``None`` = the workspace's actor, created on first use. ``ingest``: ingest the collector's
-    files before each retrain.
+    files before each retrain. ``decider``: the decisions' owner; ``None`` = ``cfg.monitor``'s rules with the
+    audit table in the lake (:meth:`RetrainDecider.from_config`).
     """
 
     def __init__(
@@ -234,12 +238,14 @@ class RetrainController:
         job_timeout_s: float = 3600.0,
         job_headers: dict[str, str] | None = None,
         history_path: str | Path | None = None,
+        decider: RetrainDecider | None = None,
     ) -> None:
         if isinstance(submit, str) and submit not in ("auto", "inline", "job"):
             raise ValueError(f"submit must be 'auto', 'inline', 'job' or a function; got {submit!r}")
         self.cfg = cfg
         self.ingest = ingest
         self._monitor = monitor
+        self.decider = decider if decider is not None else RetrainDecider.from_config(cfg)
         self.history_path = Path(history_path) if history_path else Path(cfg.paths.workspace) / "loop" / "retrains.jsonl"
         self.records: list[LoopRecord] = []
         self._stop = threading.Event()
@@ -270,19 +276,24 @@ class RetrainController:
             return ray.get(bound.remote(*args))
         return bound(*args)
 
+    def decide(self) -> dict[str, Any] | None:
+        """Take the monitor's new findings, decide on each, and return the pending retrain request (or None)."""
+        self.decider.decide_all(self._call("take_findings"))
+        return self.decider.take_request()
+
     def poll_once(self) -> LoopRecord | None:
-        """Take the monitor's pending request, if any, and handle it."""
-        request = self._call("take_retrain_request")
+        """Decide on the monitor's new findings and handle the retrain request they lead to, if any."""
+        request = self.decide()
         return None if request is None else self.handle(request)
 
     def request_retrain(self, reason: str = "manual retrain") -> LoopRecord:
-        """Retrain now, outside the policy; counted against the monitor's cooldown and daily budget."""
-        self._call("record_retrain")
-        return self.handle({"triggers": ["manual"], "reasons": [reason], "at": _utcnow_iso()})
+        """Retrain now, outside the policy; counted against the cooldown and daily budget, and audited."""
+        decision = self.decider.record_retrain(reason)
+        return self.handle({"triggers": ["manual"], "reasons": [reason], "at": decision.at.isoformat()})
 
     def handle(self, request: dict[str, Any] | None) -> LoopRecord:
         """Ingest the collected events (if configured), run the retrain, record the result. Never raises:
-        a failure is recorded (``error``) and the loop goes on; the monitor's cooldown spaces the retries."""
+        a failure is recorded (``error``) and the loop goes on; the decider's cooldown spaces the retries."""
         record = LoopRecord(request=request, started_at=_utcnow_iso(), mode=self.mode)
         started = time.perf_counter()
         try:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aisys.config import AppConfig
+from aisys.registry.interface import ModelRegistry
 
 REASON_TAG = "aisys.retrain_reason"
 TRIGGER_TAG = "aisys.trigger"
@@ -104,17 +105,26 @@ def retrain(
     reason: str = "",
     trigger: str = "manual",
     monitor: Any = "auto",
+    registry: ModelRegistry | None = None,
 ) -> RetrainOutcome:
     """Train on a snapshot's window, register without an alias, gate it, and on promote update the monitor.
 
     ``monitor``: ``"auto"`` finds the workspace's monitor actor if one runs (none is fine); a Ray actor
     handle or an in-process :class:`~aisys.monitoring.monitor_actor.DriftMonitor` is used as given;
-    ``None`` leaves the monitor alone. See the module docstring for the steps.
+    ``None`` leaves the monitor alone. ``registry``: where the version is registered and tagged and the
+    champion read (default: MLflow, :class:`~aisys.registry.mlflow_registry.MlflowRegistry`); the gate
+    (:func:`aisys.registry.promotion.promote`) still records its decision run in MLflow. See the module
+    docstring for the steps.
     """
     from aisys.data.lake import Lake
     from aisys.pipeline import train_and_register
     from aisys.registry.promotion import GATE_DECISION_TAG, GATE_RUN_TAG, promote
     from aisys.runtime import init_ray
+
+    if registry is None:
+        from aisys.registry.mlflow_registry import MlflowRegistry
+
+        registry = MlflowRegistry(cfg)
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -126,12 +136,12 @@ def retrain(
     events = window_events(lake.read_events(manifest.snapshot_id), days)
     if events.num_rows == 0:
         raise ValueError(f"snapshot {manifest.snapshot_id!r} has no events in its last {days} day(s)")
-    parent = _champion_version(cfg)
+    parent = champion_version(registry, cfg.registry.champion_alias)
     seconds["read"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
     init_ray(cfg)
-    trained = train_and_register(cfg, events, manifest.snapshot_id, promote=False)
+    trained = train_and_register(cfg, events, manifest.snapshot_id, promote=False, registry=registry)
     seconds["train"] = time.perf_counter() - t0
     reason = reason or "manual retrain"
     lineage = {
@@ -141,14 +151,14 @@ def retrain(
         WINDOW_TAG: str(days) if days else "all",
         TRAIN_EVENTS_TAG: str(events.num_rows),
     }
-    _set_tags(cfg, trained.model_version, [trained.run_id], lineage)
+    registry.tag_version(trained.model_version, lineage, [trained.run_id])
 
     t0 = time.perf_counter()
     gated = promote(cfg, version=trained.model_version, snapshot_id=manifest.snapshot_id)
     seconds["gate"] = time.perf_counter() - t0
     decision = "promote" if gated.promoted else "refuse"
-    _set_tags(cfg, trained.model_version, [gated.run_id],
-              {**lineage, GATE_RUN_TAG: gated.run_id, GATE_DECISION_TAG: decision})
+    registry.tag_version(trained.model_version, {**lineage, GATE_RUN_TAG: gated.run_id, GATE_DECISION_TAG: decision},
+                         [gated.run_id])
 
     outcome = RetrainOutcome(
         snapshot_id=manifest.snapshot_id,
@@ -170,27 +180,19 @@ def retrain(
             cfg, events, manifest.snapshot_id, trained.model_version, monitor
         )
         if outcome.profile_path:
-            _set_tags(cfg, trained.model_version, [], {PROFILE_TAG: outcome.profile_path})
+            registry.tag_version(trained.model_version, {PROFILE_TAG: outcome.profile_path})
         seconds["reference"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     outcome.seconds = {k: round(v, 3) for k, v in seconds.items()}
     return outcome
 
 
-def _champion_version(cfg: AppConfig) -> str | None:
-    from aisys.registry.mlflow_registry import get_model_info
-
+def champion_version(registry: ModelRegistry, alias: str = "champion") -> str | None:
+    """The version behind ``alias``; None when there is no alias or no registered model yet."""
     try:
-        return get_model_info(cfg, cfg.registry.champion_alias)["version"]
-    except LookupError:  # no alias, or no registered model yet
+        return registry.model_info(alias)["version"]
+    except LookupError:
         return None
-
-
-def _set_tags(cfg: AppConfig, version: str, run_ids: list[str], tags: dict[str, str]) -> None:
-    """Tag the registered version and the given runs."""
-    from aisys.registry.mlflow_registry import tag_version
-
-    tag_version(cfg, version, tags, run_ids)
 
 
 def _hand_over_reference(

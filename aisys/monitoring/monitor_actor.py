@@ -11,15 +11,17 @@ scores. Every ``check_every_events`` events it
 1. computes the fast statistics (PSI, Jensen-Shannon) per feature against the
    profile and exports them as gauges (``aisys_drift_statistic``), with the
    online hit-rate per model version and arm (``aisys_online_hit_rate``);
-2. feeds the :class:`~aisys.monitoring.policy.RetrainPolicy`, whose decision is
-   audited, counted (``aisys_retrain_decisions_total``) and, when it says
-   retrain, kept for the loop to take (:meth:`DriftMonitor.take_retrain_request`);
+2. reports what the check found (:class:`~aisys.monitoring.findings.Findings`:
+   the drift streak's PSI history, the serving model's online hit-rate against
+   its baseline, the events since the reference) and keeps it for the loop to
+   take (:meth:`DriftMonitor.take_findings`);
 3. writes an Evidently report into the lake when one is due
    (``report_every_s``) or when a check first sees drift, and links it from
    MLflow when the profile names a model version.
 
-A retrain decision counts against the cooldown and the daily budget from the
-moment it is made (a failed retrain must not be retried in a tight loop).
+The monitor reports; it never decides. Whether to retrain, the cooldown, the
+daily budget and the audit table are the loop's
+(:class:`aisys.loop.decider.RetrainDecider`, run by the controller).
 After a new model is promoted, call :meth:`DriftMonitor.set_reference` with
 its profile: the drift streak and the new-event count start again.
 """
@@ -38,15 +40,16 @@ import pandas as pd
 from aisys.config import AppConfig
 from aisys.monitoring import metrics
 from aisys.monitoring.drift import FeatureDrift, compare_to_profile
+from aisys.monitoring.findings import Findings, drift_streak
 from aisys.monitoring.online_quality import HitRateTracker
-from aisys.monitoring.policy import AuditLog, Decision, ParquetAuditLog, PolicyState, RetrainPolicy
 from aisys.monitoring.profile import ReferenceProfile, profile_from_lake, read_reference_events
 
 NAMESPACE = "aisys"
 CHAMPION = "champion"
 MIN_SAMPLE = 30  # fewer current values than this give PSI noise, not signal
 _EVENT_FIELDS = ("user_id", "item_id", "category", "price", "event_type")
-_KEEP = 50  # decisions, reports and errors kept for status()
+_KEEP = 50  # findings, reports and errors kept for status()
+_WAITING = 1000  # findings kept for the loop to take; the oldest go first when no loop takes them
 
 
 def _utcnow() -> datetime:
@@ -77,7 +80,6 @@ class DriftMonitor:
         cfg: AppConfig,
         profile: ReferenceProfile | Mapping[str, Any] | None = None,
         reference_sample: pd.DataFrame | None = None,
-        audit: AuditLog | None = None,
         clock: Callable[[], datetime] | None = None,
         link_reports_to_mlflow: bool = True,
     ):
@@ -85,7 +87,6 @@ class DriftMonitor:
         self.mcfg = cfg.monitor
         self.clock = clock or _utcnow
         self.link_reports_to_mlflow = link_reports_to_mlflow
-        self.policy = RetrainPolicy(self.mcfg, audit if audit is not None else ParquetAuditLog(cfg.paths.lake_uri, cfg.paths))
         self.hit_rates = HitRateTracker(
             self.mcfg.hit_rate_horizon_events,
             baseline_lists=self.mcfg.hit_rate_min_lists,
@@ -96,11 +97,10 @@ class DriftMonitor:
         self.events_seen = 0
         self.checks = 0
         self._since_check = 0
-        self.retrain_times: deque[datetime] = deque(maxlen=max(self.mcfg.max_retrains_per_day, 1) * 4)
-        self.decisions: deque[Decision] = deque(maxlen=_KEEP)
+        self.findings: deque[Findings] = deque(maxlen=_KEEP)
+        self._waiting: deque[Findings] = deque(maxlen=_WAITING)
         self.reports: deque[dict] = deque(maxlen=_KEEP)
         self.errors: deque[str] = deque(maxlen=_KEEP)
-        self.pending_retrain: Decision | None = None
         self._last_champion_version: str | None = None
         self.latest_stats: dict[str, FeatureDrift] = {}
         self.last_check_at: datetime | None = None
@@ -143,8 +143,8 @@ class DriftMonitor:
     def observe_events(self, rows: Any) -> dict[str, Any]:
         """Take live events (dicts with ``user_id``, ``item_id`` and optionally ``category``,
         ``price``, ``event_type``; or a DataFrame / Arrow table); runs a check every
-        ``check_every_events``. Returns the outcomes of the checks this call ran."""
-        outcomes: list[str] = []
+        ``check_every_events``. Returns the findings of the checks this call ran."""
+        found: list[Findings] = []
         for row in _rows(rows):
             user, item = row.get("user_id"), row.get("item_id")
             if user is None or item is None:
@@ -155,8 +155,8 @@ class DriftMonitor:
             self.new_events += 1
             self._since_check += 1
             if self._since_check >= self.mcfg.check_every_events:
-                outcomes.append(self.check().outcome)
-        return {"events_seen": self.events_seen, "checks": outcomes}
+                found.append(self.check())
+        return {"events_seen": self.events_seen, "checks": found}
 
     def observe_recommendations(
         self,
@@ -192,8 +192,8 @@ class DriftMonitor:
         """The live window as a DataFrame (oldest first)."""
         return pd.DataFrame(list(self._events), columns=list(_EVENT_FIELDS))
 
-    def check(self, now: datetime | None = None) -> Decision:
-        """Compute the fast statistics, export them, ask the policy, and write a report if due."""
+    def check(self, now: datetime | None = None) -> Findings:
+        """Compute the fast statistics, export them, report the findings, and write a report if due."""
         now = now or self.clock()
         self._since_check = 0
         self.checks += 1
@@ -216,29 +216,26 @@ class DriftMonitor:
         # The serving model: the profile's, else the version the champion arm served last.
         serving_version = self.model_version or self._last_champion_version
         serving = None if serving_version is None else self.hit_rates.get(serving_version, CHAMPION)
-        state = PolicyState(
-            drift_history=list(self.drift_history),
+        found = Findings(
+            at=now,
+            check=self.checks,
+            drift_history=tuple(self.drift_history),
             model_version=serving_version,
             online_hit_rate=None if serving is None else serving.recent_hit_rate,
             baseline_hit_rate=None if serving is None else serving.baseline_hit_rate,
             judged_lists=0 if serving is None else serving.recent_judged,
             baseline_lists=self.mcfg.hit_rate_min_lists,
             new_events=self.new_events,
-            retrain_times=list(self.retrain_times),
         )
-        decision = self.policy.evaluate(state, now)
-        metrics.record_retrain_decision(decision.outcome)
-        self.decisions.append(decision)
-        if decision.retrain:
-            self.retrain_times.append(now)
-            self.pending_retrain = decision
+        self.findings.append(found)
+        self._waiting.append(found)
 
-        streak = self.policy.drift_streak(self.drift_history) if stats else 0
+        streak = drift_streak(self.drift_history, self.mcfg.psi_threshold) if stats else 0
         first_drift = self.mcfg.report_on_drift and streak == 1
         due = (now - self.last_report_at).total_seconds() >= self.mcfg.report_every_s
         if first_drift or due:
             self.write_report(now, reason="drift suspected" if first_drift else "scheduled")
-        return decision
+        return found
 
     # --- reports -------------------------------------------------------------------------------
 
@@ -282,18 +279,12 @@ class DriftMonitor:
 
     # --- the loop's and the operator's view ----------------------------------------------------
 
-    def take_retrain_request(self) -> dict[str, Any] | None:
-        """The latest retrain decision not yet taken (then cleared), for the retraining loop."""
-        decision, self.pending_retrain = self.pending_retrain, None
-        return None if decision is None else decision.to_dict()
-
-    def record_retrain(self, at: datetime | None = None) -> None:
-        """Count a retrain started elsewhere (by hand, on a schedule) against cooldown and budget."""
-        self.retrain_times.append(at or self.clock())
-
-    def audit_log(self) -> pd.DataFrame:
-        """Every decision recorded so far (the audit table)."""
-        return self.policy.audit.read()
+    def take_findings(self) -> list[Findings]:
+        """The findings of the checks since the last call (oldest first, then cleared), for the loop to decide
+        on. At most the last 1,000 wait: a monitor nobody reads from does not grow."""
+        found = list(self._waiting)
+        self._waiting.clear()
+        return found
 
     def status(self) -> dict[str, Any]:
         """Latest statistics, hit-rates, decisions and reports, as plain JSON-able data."""
@@ -308,13 +299,12 @@ class DriftMonitor:
             "checks": self.checks,
             "last_check_at": None if self.last_check_at is None else self.last_check_at.isoformat(),
             "latest_stats": {f: s.to_dict() for f, s in self.latest_stats.items()},
-            "drift_streak": self.policy.drift_streak(self.drift_history),
+            "drift_streak": drift_streak(self.drift_history, self.mcfg.psi_threshold),
             "psi_threshold": self.mcfg.psi_threshold,
             "hit_rates": [r.to_dict() for r in self.hit_rates.all()],
             "open_lists": self.hit_rates.open_lists,
-            "decisions": [d.to_dict() for d in list(self.decisions)[-10:]],
-            "pending_retrain": self.pending_retrain is not None,
-            "retrain_times": [t.isoformat() for t in self.retrain_times],
+            "findings": [f.to_dict() for f in list(self.findings)[-10:]],
+            "findings_waiting": len(self._waiting),
             "reports": list(self.reports)[-10:],
             "last_report": self.reports[-1] if self.reports else None,
             "errors": list(self.errors)[-10:],

@@ -1,10 +1,13 @@
 """The gate's holdout and the reports on it (pure: numpy, pyarrow and torch; no MLflow, no Ray).
 
 :func:`build_holdout` turns a lake snapshot's events into one leave-last-one-out test holdout (each user's last
-interaction is the target, the rest the input) with segment buckets and each user's request gap (the target's time
-minus the newest input event's: :func:`aisys.features.context.seconds_since_last_event`, what serving computes from
-the request's clock); :func:`report_for_bundle` scores a model bundle on it through the bundle's own scorer
-(:func:`aisys.models.multistage.build_scorer`, the code a replica serves with) into the
+interaction is the target, the rest the input) with segment buckets, each user's request time (the target's
+time: the request comes when the user's next event does, as in :mod:`aisys.shipped_evaluation`) and request gap (that
+time minus the newest input event's: :func:`aisys.features.context.seconds_since_last_event`, what serving computes
+from the request's clock); :func:`report_for_bundle` scores a model bundle on it through the bundle's own scorer
+(:func:`aisys.models.multistage.build_scorer`, the code a replica serves with; a scorer that reads the request time,
+such as the learned ranking stage's item activity as of the request, gets it as the serving
+:class:`~aisys.serving.recommender.Recommender` passes ``now``) into the
 :class:`~aisys.registry.gate.EvalReport` the gate compares. Two models scored on one holdout are compared user for
 user: the same users, targets and segment labels, in one order.
 """
@@ -40,6 +43,8 @@ class Holdout:
     segments: dict[str, list[str]]  # segment name -> bucket label per user
     # Seconds from each user's newest input event to their target's time (the request gap); empty: unknown.
     gaps: list[float] = field(default_factory=list)
+    # Each user's request time (seconds since the epoch: their target's time); empty: unknown.
+    request_times: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -115,6 +120,7 @@ def build_holdout(
         segments=segments,
         # The input is every event but the last: its newest is times[-2], the request comes at the target's times[-1].
         gaps=[seconds_since_last_event(times[user][-2], times[user][-1]) for user in test.users],
+        request_times=[times[user][-1] for user in test.users],
     )
 
 
@@ -123,8 +129,10 @@ def evaluate_on_holdout(
 ) -> tuple[dict[str, float], dict[str, dict[str, dict[str, float]]], np.ndarray]:
     """Full-ranking metrics of ``model`` (vocabulary ``item_ids``, index 0 = padding) on ``holdout``.
 
-    ``model`` is a scorer (``score_sessions(histories, gaps_s)``, :mod:`aisys.models.multistage`; it gets
-    ``holdout.gaps``) or a next-item model (``score_next(windows)``, fed the recent windows).
+    ``model`` is a scorer (``score_sessions(histories, gaps_s[, now_s])``, :mod:`aisys.models.multistage`; it gets
+    ``holdout.gaps``, and ``holdout.request_times`` as ``now_s`` when it reads the request time:
+    ``uses_request_time``, the rule of the serving Recommender) or a next-item model (``score_next(windows)``, fed
+    the recent windows).
     Returns ``(metrics, segments, ranks)``: the first two in the gate's shape, and each holdout user's 0-based
     target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.evaluation.ranking` (history
     excluded, ties pessimistic) plus: a NaN score ranks last (a NaN never compares, so it would otherwise beat
@@ -140,11 +148,15 @@ def evaluate_on_holdout(
     n_catalogue = len(holdout.catalogue)
     ranks = np.full(len(holdout), n_catalogue, dtype=np.int64)  # default: a miss
     recommended = np.zeros((len(holdout), k), dtype=np.int64)  # catalogue indices; 0 = none / unknown item
-    gaps = np.asarray(holdout.gaps if len(holdout.gaps) == len(holdout) else [np.nan] * len(holdout), np.float64)
+    gaps = _per_user(holdout.gaps, len(holdout))
+    now = _per_user(holdout.request_times, len(holdout))
+    timed = callable(getattr(model, "score_sessions", None)) and getattr(model, "uses_request_time", False)
     for start in range(0, len(holdout), batch_size):
         rows = slice(start, start + batch_size)
         hist = [[index[i] for i in h if i in index] for h in holdout.histories[rows]]
-        if callable(getattr(model, "score_sessions", None)):
+        if timed:
+            scores = np.asarray(model.score_sessions(hist, gaps[rows], now[rows]), dtype=np.float64)  # (B, V)
+        elif callable(getattr(model, "score_sessions", None)):
             scores = np.asarray(model.score_sessions(hist, gaps[rows]), dtype=np.float64)  # (B, V)
         else:
             windows = np.stack([recent_window(h, max_seq_len) for h in hist])
@@ -170,6 +182,11 @@ def evaluate_on_holdout(
             seg = summarize_ranks(ranks[mask], recommended[mask], n_catalogue, k)
             segments[name][bucket] = {m: seg[m] for m in (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}", "n_users")}
     return metrics, segments, ranks
+
+
+def _per_user(values: Sequence[float], n_users: int) -> np.ndarray:
+    """(n_users,) float64 of a per-user holdout column; all NaN (unknown) when the holdout does not carry it."""
+    return np.asarray(values if len(values) == n_users else [np.nan] * n_users, dtype=np.float64)
 
 
 def report_for_bundle(bundle, holdout: Holdout, version: str | None = None, torch_threads: int = 1) -> EvalReport:

@@ -55,7 +55,7 @@ def latest_report_path(status: dict[str, Any] | None) -> Path | None:
 
 def _audit_records(cfg: AppConfig) -> list[dict[str, Any]]:
     """Every retrain decision the policy wrote to the lake's audit log (all monitors, all restarts)."""
-    from aisys.monitoring.policy import ParquetAuditLog
+    from aisys.monitoring.audit import ParquetAuditLog
 
     import numpy as np
 
@@ -128,8 +128,7 @@ async def overview(cfg: AppConfig, service: "OnlineService") -> dict[str, Any]:
     except Exception as err:  # an unreadable lake must not blank the whole view
         logger.warning("retrain audit log unreadable: %s", err)
         records = []
-    # The audit log holds every decision; a monitor that runs without a lake keeps its own last few.
-    records = records or list((status or {}).get("decisions") or [])
+    # The audit table in the lake is the record of every decision (the loop writes it; the monitor decides nothing).
     threshold = cfg.monitor.psi_threshold
     series = drift_series(records)
     described = {}

@@ -31,11 +31,48 @@ COMMENT_COLUMN = 44  # where an inline comment starts when the setting is shorte
 # --- the options, shared with `aisys serve` ----------------------------------------------------------------
 
 
+def per_process_state(cfg: AppConfig) -> list[str]:
+    """The settings that keep state in each replica's own memory, which other replicas would not see."""
+    held = []
+    if cfg.online.session_store == "memory":
+        held.append("online.session_store=memory")
+    if cfg.gateway.auth and cfg.gateway.rate_limit_backend == "memory":
+        held.append("gateway.rate_limit_backend=memory")
+    return held
+
+
+def replica_count(cfg: AppConfig) -> int:
+    """``serve.num_replicas``, with ``auto`` resolved: one replica per CPU of the Ray that serves.
+
+    A replica is one Python process and uses one core, as a uvicorn worker does; ``uvicorn --workers <cores>``
+    got twice the requests/s of one replica on 2 cores (docs/serving.md, Benchmarks). With per-process state
+    (:func:`per_process_state`), ``auto`` is 1: two replicas would each hold their own sessions or limits.
+    """
+    replicas = cfg.serve.num_replicas
+    if replicas != "auto":
+        return int(replicas)
+    return 1 if per_process_state(cfg) else max(1, cfg.ray.num_cpus)
+
+
+def replica_cpus(cfg: AppConfig) -> float:
+    """``serve.replica_cpus``, with ``auto`` resolved: 1.0, or a share of one CPU among ``auto`` replicas.
+
+    Ray's CPUs are a scheduling count, not a pinning: ``auto`` replicas together reserve the one CPU the old
+    single replica reserved, so what ran beside it on the same local Ray (a retrain, an ingest) still fits.
+    """
+    cpus = cfg.serve.replica_cpus
+    if cpus != "auto":
+        return float(cpus)
+    if cfg.serve.autoscaling or cfg.serve.num_replicas != "auto":
+        return 1.0
+    return round(1.0 / replica_count(cfg), 4)
+
+
 def replica_options(cfg: AppConfig) -> dict[str, Any]:
     """``num_replicas`` or, with ``serve.autoscaling``, an ``autoscaling_config`` (bounds, target, delays)."""
     serve = cfg.serve
     if not serve.autoscaling:
-        return {"num_replicas": serve.num_replicas}
+        return {"num_replicas": replica_count(cfg)}
     scaling: dict[str, Any] = {
         "min_replicas": serve.min_replicas,
         "max_replicas": serve.max_replicas,
@@ -51,7 +88,7 @@ def replica_options(cfg: AppConfig) -> dict[str, Any]:
 def deployment_options(cfg: AppConfig) -> dict[str, Any]:
     """Every option the deployment runs with, in the form both ``.options()`` and a Serve YAML take."""
     serve = cfg.serve
-    actor: dict[str, Any] = {"num_cpus": serve.replica_cpus}
+    actor: dict[str, Any] = {"num_cpus": replica_cpus(cfg)}
     if serve.replica_memory_mb is not None:
         actor["memory"] = serve.replica_memory_mb * 1024 * 1024  # Ray counts bytes
     return {
@@ -191,7 +228,10 @@ def _notes(cfg: AppConfig, source: str) -> dict[str, str]:
         f"{app}.args.overrides": (
             f"every setting of {source} (explained there), like --set; applied after AISYS__* variables"
             if on_cluster else "like --set, e.g. [\"online.canary_share=0.1\"]; applied after AISYS__* variables"),
-        f"{deployment}.num_replicas": "serve.num_replicas (serve.autoscaling: false)",
+        f"{deployment}.num_replicas": (
+            "serve.num_replicas (serve.autoscaling: false)" if cfg.serve.num_replicas != "auto"
+            else "serve.num_replicas: auto, one replica per CPU (ray.num_cpus), 1 with per-process state; each "
+                 "replica loads the model"),
         f"{deployment}.autoscaling_config": "serve.autoscaling: true; replicas are interchangeable (shared sessions)",
         f"{deployment}.autoscaling_config.min_replicas": "serve.min_replicas: never fewer",
         f"{deployment}.autoscaling_config.max_replicas": "serve.max_replicas: cost ceiling, one CPU each",
@@ -205,7 +245,10 @@ def _notes(cfg: AppConfig, source: str) -> dict[str, str]:
         f"{deployment}.max_queued_requests": "serve.max_queued_requests: then 503 at once (-1: unbounded)",
         f"{deployment}.ray_actor_options.num_cpus": (
             "serve.replica_cpus: one torch thread per replica (train.torch_threads); 2 threads on a busy 2-core "
-            "box were 13x slower"),
+            "box were 13x slower" + ("" if cfg.serve.replica_cpus != "auto" or cfg.serve.autoscaling
+                                     or cfg.serve.num_replicas != "auto"
+                                     else ". auto: the replicas share one CPU of Ray's count, leaving the rest "
+                                          "to a retrain or an ingest on the same Ray")),
         f"{deployment}.ray_actor_options.memory": (
             "serve.replica_memory_mb, in bytes: the model, every user's history and the session cache"),
         f"{deployment}.user_config": "live-tunable without a restart (RecommenderService.reconfigure)",

@@ -103,8 +103,9 @@ def test_shift_is_detected_retrained_promoted_and_served_without_failures(ray_se
                 if start >= len(posts):
                     time.sleep(0.5)  # all posted: give the replica's forwarder (<= 1 s) time to deliver
                 # The replica forwards accepted events to the monitor in the background; it checks every
-                # `every` events and the policy decides. The first "retrain" decision is the detection.
-                outcomes = [d["outcome"] for d in ray.get(monitor.status.remote())["decisions"]]
+                # `every` events and reports its findings, on which the controller's decider decides (one
+                # decision per check). The first "retrain" decision is the detection.
+                outcomes = controller.decider.outcomes()
                 if detected_after is None and "retrain" in outcomes:
                     detected_after = (outcomes.index("retrain") + 1) * every  # decisions start at check 1
                     detected_at, posted_at_detection = time.monotonic(), min(start + BATCH, len(posts))
@@ -159,7 +160,6 @@ def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_c
     """On a cluster the same retrain runs as `jobs/retrain.py` through JobSubmissionClient; its outcome comes
     back from the job's logs and the registry shows the promotion."""
     from aisys.monitoring.monitor_actor import DriftMonitor
-    from aisys.monitoring.policy import InMemoryAuditLog
 
     cfg = small_config
     cfg.train.epochs = 3
@@ -168,7 +168,7 @@ def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_c
     first = commit(cfg, before)
     v1 = register_weak_champion(cfg, before, first)
     monitor = DriftMonitor(cfg, build_profile(before.to_pandas(), snapshot_id=first, model_version=v1),
-                           audit=InMemoryAuditLog(), link_reports_to_mlflow=False)
+                           link_reports_to_mlflow=False)
     url, _env, token = token_head  # the session's shared token-auth head (tests/conftest.py)
     controller = RetrainController(cfg, submit="job", monitor=monitor, ingest=False, job_address=url,
                                    job_headers={"Authorization": f"Bearer {token}"}, job_timeout_s=300)
@@ -179,4 +179,4 @@ def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_c
     assert outcome["trigger"] == "manual" and outcome["reason"] == "job-mode check"
     assert outcome["champion_before"] == v1 and outcome["snapshot_id"] == first
     assert get_model_info(cfg, "champion")["version"] == outcome["new_version"] != v1
-    assert len(monitor.retrain_times) == 1  # asked by hand: counted against cooldown and budget
+    assert len(controller.decider.retrain_times) == 1  # asked by hand: counted against cooldown and budget

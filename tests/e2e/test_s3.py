@@ -152,7 +152,7 @@ def test_every_lake_reader_and_writer_reaches_the_s3_endpoint(s3, s3_endpoint, t
     from aisys.data.lake import ConcurrentCommitError, Manifest, new_snapshot_id
     from aisys.data.lake_commit import commit_with_rebase
     from aisys.monitoring.evidently_report import report_frame, write_drift_report
-    from aisys.monitoring.policy import ParquetAuditLog
+    from aisys.monitoring.audit import ParquetAuditLog
     from aisys.monitoring.profile import profile_from_lake, read_profile, read_reference_events, write_profile
     from aisys.registry.promotion import promote
     from aisys.tuning.sweep import run_sweep

@@ -1,8 +1,8 @@
-"""The drift monitor actor end to end on a small simulated shift: stats, gauges, policy, report, audit."""
+"""The drift monitor actor end to end on a small simulated shift: stats, gauges, findings, report; the loop's
+decider decides on the findings and audits every decision."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 import time
 import urllib.parse
@@ -14,8 +14,10 @@ import pytest
 
 from aisys.config import MonitorConfig, SimulatorConfig
 from aisys.data.simulator import drift_midpoint, simulate_events
+from aisys.loop.decider import RetrainDecider
+from aisys.monitoring.audit import InMemoryAuditLog, ParquetAuditLog
+from aisys.monitoring.metrics import InMemoryMetricsSink
 from aisys.monitoring.monitor_actor import DriftMonitor, drop_monitor, get_or_create
-from aisys.monitoring.policy import InMemoryAuditLog, ParquetAuditLog
 from aisys.monitoring.profile import build_profile
 from tests.prometheus import PROMETHEUS, immediate_rules, prometheus_alerts, prometheus_query, running_prometheus
 
@@ -56,7 +58,7 @@ def monitor_config(small_config):
     drop_monitor(small_config)
 
 
-def test_monitor_sees_a_shift_exports_gauges_decides_and_reports(ray_session, monitor_config):
+def test_monitor_sees_a_shift_exports_gauges_and_reports_and_the_loop_decides(ray_session, monitor_config, monkeypatch):
     cfg = monitor_config
     sim = SimulatorConfig(**SIM)
     events = simulate_events(sim).to_pandas()
@@ -68,10 +70,15 @@ def test_monitor_sees_a_shift_exports_gauges_decides_and_reports(ray_session, mo
     monitor = get_or_create(cfg, profile, before.tail(WINDOW).reset_index(drop=True))
     same = get_or_create(cfg)  # by name: the same actor, whatever the arguments
     ray = ray_session
+    decider = RetrainDecider.from_config(cfg)  # the loop's side: the audit table in the lake
+    sink = InMemoryMetricsSink()
+    monkeypatch.setattr("aisys.monitoring.metrics._sink_override", sink)  # the decision counter is the loop's
 
     # Calm: the training period's own tail. Four checks, no drift, no retrain.
     calm = ray.get(monitor.observe_events.remote(rows(before.tail(WINDOW))))
-    assert calm["checks"] == ["none"] * (WINDOW // EVERY)
+    assert [f.check for f in calm["checks"]] == [1, 2, 3, 4]
+    assert ray.get(monitor.take_findings.remote()) == calm["checks"]  # the same findings wait for the loop
+    assert [d.outcome for d in decider.decide_all(calm["checks"])] == ["none"] * (WINDOW // EVERY)
     status = ray.get(same.status.remote())
     assert status["events_seen"] == WINDOW and status["drift_streak"] == 0
     assert max(s["psi"] for s in status["latest_stats"].values()) < 0.2
@@ -87,24 +94,28 @@ def test_monitor_sees_a_shift_exports_gauges_decides_and_reports(ray_session, mo
     assert ray.get(monitor.observe_recommendation_lists.remote(lists)) == 40
 
     # The shift: drift on the second check in a row triggers a retrain, then the cooldown blocks.
-    outcomes: list[str] = []
     for start in range(0, 2 * WINDOW, EVERY):
-        outcomes += ray.get(monitor.observe_events.remote(rows(after.iloc[start : start + EVERY])))["checks"]
+        ray.get(monitor.observe_events.remote(rows(after.iloc[start : start + EVERY])))
+    outcomes = [d.outcome for d in decider.decide_all(ray.get(monitor.take_findings.remote()))]
+    assert len(outcomes) == 2 * WINDOW // EVERY and ray.get(monitor.take_findings.remote()) == []
     first_retrain = outcomes.index("retrain")
     assert outcomes[:first_retrain] == ["none"] * first_retrain
     assert set(outcomes[first_retrain + 1 :]) == {"blocked"}
 
-    request = ray.get(monitor.take_retrain_request.remote())
+    request = decider.take_request()
     assert "drift" in request["triggers"] and request["retrain"]
-    assert ray.get(monitor.take_retrain_request.remote()) is None  # taken once
+    assert decider.take_request() is None  # taken once
 
     status = ray.get(monitor.status.remote())
     stats = status["latest_stats"]
     assert stats["user_taste"]["psi"] > 0.5  # every user's taste was redrawn
     assert stats["item_popularity"]["psi"] > 0.2  # new hit items
     assert stats["price"]["psi"] > 0.2  # +50% prices
-    assert status["drift_streak"] >= 2 and status["decisions"][-1]["outcome"] == "blocked"
-    assert any(b.startswith("cooldown") for b in status["decisions"][-1]["blocked_by"])
+    assert status["drift_streak"] >= 2 and status["findings"][-1]["check"] == status["checks"]
+    assert "decisions" not in status  # the monitor reports; the decisions are the loop's
+    assert decider.decisions[-1].outcome == "blocked"
+    assert any(b.startswith("cooldown") for b in decider.decisions[-1].blocked_by)
+    assert sink.value("aisys_retrain_decisions_total", decision="retrain") == 1
 
     champion = next(r for r in status["hit_rates"] if r["arm"] == "champion")
     challenger = next(r for r in status["hit_rates"] if r["arm"] == "challenger")
@@ -135,7 +146,6 @@ def test_monitor_sees_a_shift_exports_gauges_decides_and_reports(ray_session, mo
         time.sleep(1)
     assert any(v == pytest.approx(stats["user_taste"]["psi"]) for v in taste)
     assert 1.0 in hit_rate
-    assert re.search(r'ray_aisys_retrain_decisions_total\{[^}]*decision="retrain"[^}]*\} 1\.0', body)
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's prometheus (scripts/install-system-deps.sh)")
@@ -172,32 +182,35 @@ def test_a_real_prometheus_scrapes_the_monitor_gauges(ray_session, monitor_confi
 
 
 def test_a_hit_rate_drop_triggers_through_the_monitor_and_the_cooldown_holds_the_next(small_config):
-    # In process (DriftMonitor is a plain class): no reference profile, so only online quality can trigger.
+    # In process (DriftMonitor and RetrainDecider are plain classes): no reference profile, so only online
+    # quality can trigger.
     small_config.monitor = MonitorConfig(
         window_events=100, check_every_events=20, hit_rate_horizon_events=1, hit_rate_min_lists=20,
         hit_rate_window_lists=20, hit_rate_drop=0.2, cooldown_s=3600, report_every_s=1e9,
     )
     now = [datetime(2026, 3, 1, tzinfo=timezone.utc)]
-    monitor = DriftMonitor(small_config, audit=InMemoryAuditLog(), clock=lambda: now[0],
-                           link_reports_to_mlflow=False)
+    monitor = DriftMonitor(small_config, clock=lambda: now[0], link_reports_to_mlflow=False)
+    decider = RetrainDecider(small_config.monitor, InMemoryAuditLog())
 
     def serve_and_click(n_rounds: int, hit_every: int | None) -> list[str]:
         outcomes = []
         for n in range(n_rounds):
             monitor.observe_recommendations(f"u{n}", [f"i{n}"], [0.5], model_version="7")
             hit = hit_every is not None and n % hit_every == 0
-            outcomes += monitor.observe_events([{"user_id": f"u{n}", "item_id": f"i{n}" if hit else "other"}])["checks"]
+            found = monitor.observe_events([{"user_id": f"u{n}", "item_id": f"i{n}" if hit else "other"}])["checks"]
+            outcomes += [d.outcome for d in decider.decide_all(found)]
         return outcomes
 
     assert serve_and_click(40, hit_every=2) == ["none", "none"]  # baseline 0.5 over the first 20 lists
     assert monitor.status()["hit_rates"][0]["baseline_hit_rate"] == 0.5
     assert serve_and_click(20, hit_every=None) == ["retrain"]  # the last 20 lists: 0 hits
-    assert monitor.take_retrain_request()["triggers"] == ["hit_rate_drop"]
+    assert decider.take_request()["triggers"] == ["hit_rate_drop"]
     assert serve_and_click(20, hit_every=None) == ["blocked"]  # cooldown
     now[0] += timedelta(hours=1)
     assert serve_and_click(20, hit_every=None) == ["retrain"]
     status = monitor.status()
-    assert status["model_version"] is None and status["decisions"][-1]["model_version"] == "7"
+    assert status["model_version"] is None and decider.decisions[-1].model_version == "7"
+    assert status["findings"][-1]["model_version"] == "7" and status["findings"][-1]["judged_lists"] == 20
     assert status["errors"] == ["no reference profile yet: the lake at "
                                 f"{small_config.paths.lake_uri} has no snapshot to profile: ingest first"]
-    assert monitor.audit_log()["outcome"].tolist() == ["none", "none", "retrain", "blocked", "retrain"]
+    assert decider.audit_log()["outcome"].tolist() == ["none", "none", "retrain", "blocked", "retrain"]

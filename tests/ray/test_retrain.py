@@ -13,6 +13,7 @@ from aisys.config import SimulatorConfig
 from aisys.data.lake import Lake
 from aisys.data.simulator import drift_midpoint, simulate_events
 from aisys.features.sequences import build_vocabulary, user_histories
+from aisys.loop.decider import RetrainDecider
 from aisys.loop.controller import (
     OUTCOME_MARKER,
     RetrainController,
@@ -31,7 +32,7 @@ from aisys.loop.retrain import (
 from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig, cpu_state_dict
 from aisys.monitoring.monitor_actor import DriftMonitor
-from aisys.monitoring.policy import InMemoryAuditLog
+from aisys.monitoring.audit import InMemoryAuditLog
 from aisys.monitoring.profile import build_profile
 from aisys.registry.mlflow_registry import get_model_info, log_and_register
 from aisys.schemas import EVENT_SCHEMA
@@ -151,7 +152,7 @@ def test_retrain_promotes_a_better_candidate_then_the_gate_refuses_with_a_reason
     before, after, first, snapshot = drifted_lake(cfg, tmp_path)
     v1 = register_weak_champion(cfg, before, first)
     monitor = DriftMonitor(cfg, build_profile(before.to_pandas(), snapshot_id=first, model_version=v1),
-                           audit=InMemoryAuditLog(), link_reports_to_mlflow=False)
+                           link_reports_to_mlflow=False)
 
     request = {"triggers": ["drift"], "reasons": ["drift: PSI above 0.2 for 3 consecutive checks (user_taste 1.8)"]}
     reason, trigger = describe_request(request)
@@ -191,7 +192,8 @@ def test_retrain_promotes_a_better_candidate_then_the_gate_refuses_with_a_reason
     v2 = outcome.new_version
     cfg.gate.min_improvement = 100.0  # the candidate would need +10,000% over the champion
     cfg.train.epochs = 1
-    controller = RetrainController(cfg, submit="inline", monitor=monitor, ingest=False)
+    controller = RetrainController(cfg, submit="inline", monitor=monitor, ingest=False,
+                                   decider=RetrainDecider(cfg.monitor, InMemoryAuditLog()))
     controller.request_retrain("by hand, to see a refusal")
     records = controller.records
     assert len(records) == 1 and records[0].error is None, records[0].error
@@ -199,7 +201,8 @@ def test_retrain_promotes_a_better_candidate_then_the_gate_refuses_with_a_reason
     assert refused["promoted"] is False and refused["champion_before"] == v2 and refused["trigger"] == "manual"
     assert any(r.startswith("ndcg@10") for r in refused["reasons"]), refused["reasons"]
     assert get_model_info(cfg, "champion")["version"] == v2
-    assert monitor.model_version == v2 and len(monitor.retrain_times) == 1  # the manual retrain was counted
+    assert monitor.model_version == v2 and len(controller.decider.retrain_times) == 1  # the manual retrain counted
+    assert controller.decider.audit_log()["triggers"].tolist()[-1].tolist() == ["manual"]  # and audited
     assert client.get_run(refused["gate_run_id"]).data.tags["aisys.decision"] == "refuse"
     assert version_tags(cfg, refused["new_version"])["aisys.gate_decision"] == "refuse"
     history = controller.history_path.read_text().splitlines()

@@ -70,6 +70,7 @@ def by_labels(result: list[dict], *labels: str) -> dict:
 @pytest.fixture
 def cfg(small_config):
     small_config.serve.port = free_port()
+    small_config.serve.num_replicas = 1  # the response cache and hit-rate lists counted below are per replica
     small_config.serve.access_log = False
     small_config.online.latency_budget_ms = 5000  # a busy box must not turn model answers into fallbacks
     small_config.gateway.storefront_rate_limit_burst = 2

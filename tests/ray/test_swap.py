@@ -29,6 +29,7 @@ def wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.2) -> None:
 
 def test_swap_under_load_then_canary_then_rollback(ray_session, small_config):
     cfg = small_config
+    cfg.serve.num_replicas = 1  # the arms' request counters below are one replica's
     cfg.serve.port = free_port()
     cfg.online.follow_alias_every_s = 0.5
     cfg.online.canary_share = CANARY_SHARE

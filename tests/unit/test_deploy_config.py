@@ -165,6 +165,41 @@ def test_aisys_serve_deploys_with_the_generated_options(monkeypatch):
     assert app.APP_NAME == APP_NAME
 
 
+def auto_config(**sections) -> "AppConfig":
+    return config_from_dict({"ray": {"num_cpus": 2}, **sections}, "test")
+
+
+def test_auto_replicas_are_one_per_cpu_sharing_the_cpu_one_replica_reserved():
+    """The default: as many replicas as the local Ray has CPUs (uvicorn's worker per core), reserving together
+    the one CPU the old single replica reserved, so a retrain or an ingest beside serving still gets scheduled."""
+    cfg = auto_config()
+    assert (cfg.serve.num_replicas, cfg.serve.replica_cpus) == ("auto", "auto")
+    options = deployment_options(cfg)
+    assert options["num_replicas"] == 2 and options["ray_actor_options"]["num_cpus"] == 0.5
+    four = deployment_options(auto_config(ray={"num_cpus": 4}))
+    assert four["num_replicas"] == 4 and four["ray_actor_options"]["num_cpus"] == 0.25
+    text = deploy_config.render_serve_file(REPO, "configs/local.yaml", ["serve.num_replicas=auto"], target="x.yaml")
+    assert deployment_of(text)["num_replicas"] == 2
+    assert "serve.num_replicas: auto" in text
+
+
+@pytest.mark.parametrize("held", [{"online": {"session_store": "memory"}},
+                                  {"gateway": {"rate_limit_backend": "memory"}}])
+def test_auto_is_one_replica_while_a_replica_keeps_state_the_others_would_not_see(held):
+    """Per-process sessions or rate limits on two replicas would be two stores or two limits: auto stays at 1."""
+    options = deployment_options(auto_config(**held))
+    assert options["num_replicas"] == 1 and options["ray_actor_options"]["num_cpus"] == 1.0
+
+
+def test_an_explicit_count_or_autoscaling_reserves_a_cpu_per_replica():
+    explicit = deployment_options(auto_config(serve={"num_replicas": 3}))
+    assert explicit["num_replicas"] == 3 and explicit["ray_actor_options"]["num_cpus"] == 1.0
+    scaled = deployment_options(auto_config(serve={"autoscaling": True}))
+    assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_cpus"] == 1.0
+    chosen = deployment_options(auto_config(serve={"replica_cpus": 0.75}))
+    assert chosen["num_replicas"] == 2 and chosen["ray_actor_options"]["num_cpus"] == 0.75
+
+
 def test_the_cluster_overrides_rebuild_the_cluster_config():
     """What the replicas load on the nodes (no file, only overrides) is the config the YAML was made from."""
     settings, cfg = deploy_config.read_settings(REPO / "configs" / "cluster.yaml")

@@ -391,6 +391,7 @@ def test_from_config_serves_the_key_file_and_logs_bare_json(small_config, restor
     from aisys.gateway import ensure_dev_keys
 
     cfg = small_config.model_copy(update={"gateway": gateway_config(cache_ttl_s=5).gateway})
+    cfg.serve.access_log = True  # off by default (docs/serving.md, Benchmarks); this test is about its lines
     dev = ensure_dev_keys(cfg)
     gateway = Gateway.from_config(cfg)
     assert gateway.cache is not None and gateway.cache.ttl_s == 5

@@ -1,6 +1,9 @@
 """The gate's holdout (pure): leave-last-one-out targets, segment buckets, and per-user ranks on it."""
 
+from dataclasses import replace
+
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from aisys.registry.gate import per_user_metric
@@ -62,3 +65,58 @@ def test_ranks_exclude_history_treat_unknown_targets_as_misses_and_agree_with_th
     assert metrics["hr@10"] == pytest.approx(np.mean(per_user_metric(ranks, "hr@10")))
     assert metrics["ndcg@10"] == pytest.approx(np.mean(per_user_metric(ranks, "ndcg@10")))
     assert sum(b["n_users"] for b in segments["user_activity"].values()) == len(holdout)
+
+
+def ranked_holdout_events(start_s: float):
+    """Eight users of the ranked bundle's items (i01..i12), each with three items then a new one: some come back
+    within minutes, some days later; the first event at ``start_s`` (seconds since the epoch), a user every
+    two days."""
+    from datetime import datetime, timedelta, timezone
+
+    from tests.unit.test_multistage import EVENT_SCHEMA, N_ITEMS
+
+    t0 = datetime.fromtimestamp(start_s, tz=timezone.utc)
+    rng = np.random.default_rng(3)
+    table = {name: [] for name in EVENT_SCHEMA.names}
+    for u in range(8):
+        items = rng.choice(np.arange(1, N_ITEMS + 1), 4, replace=False)
+        start = u * 2 * 86_400.0
+        seconds = [start, start + 60, start + 120, start + 120 + (300 if u % 2 else 2 * 86_400)]
+        for n, (item, s) in enumerate(zip(items, seconds)):
+            for name, value in (("event_id", f"e{u}-{n}"), ("user_id", f"u{u}"), ("item_id", f"i{item:02d}"),
+                                ("event_type", "view"), ("value", 1.0), ("timestamp", t0 + timedelta(seconds=s)),
+                                ("category", "c"), ("price", 1.0)):
+                table[name].append(value)
+    return pa.Table.from_pydict(table, schema=EVENT_SCHEMA)
+
+
+def test_the_gate_scores_a_ranked_bundle_at_each_target_time_as_the_serving_recommender_does():
+    """A bundle whose ranking stage reads the request time (item activity as of now): the gate's rank of each
+    target is the one the serving Recommender's scores give it, for the same session at the target's time."""
+    from aisys.registry.holdout import report_for_bundle
+    from aisys.serving.recommender import Recommender, ScoreRequest
+    from aisys.serving.session_store import UserSession
+    from tests.unit.test_ranking_stage import ranked_bundle
+
+    from aisys.features.activity import ItemActivity
+
+    bundle = ranked_bundle()  # its ranker learned "what is hot in the hour before the request comes first"
+    activity = ItemActivity.from_arrays(bundle.activity)
+    holdout = build_holdout(ranked_holdout_events(float(activity.clock) + 86_400.0), "snap-1", {"view": 1.0})
+    # Each target is hot in the hour before its own request only (users are two days apart).
+    for target, now in zip(holdout.targets, holdout.request_times):
+        activity.observe_many(np.full(20, int(target[1:])), now - np.linspace(60.0, 3_000.0, 20))
+    bundle.activity = activity.to_arrays()
+    assert len(holdout.request_times) == len(holdout) == 8
+    report = report_for_bundle(bundle, holdout)
+    served = []
+    for history, gap, now, target in zip(holdout.histories, holdout.gaps, holdout.request_times, holdout.targets):
+        session = UserSession(items=tuple(history), last_event_time=now - gap)
+        answer = Recommender(bundle).recommend_many([ScoreRequest(session, 100, frozenset(history), now)])[0]
+        scores = {item.item_id: item.score for item in answer.items}
+        # The gate's rule for ties (pessimistic): the target ranks after every other item scored as high.
+        served.append(sum(score >= scores[target] for item, score in scores.items() if item != target))
+    assert report.user_ranks == served
+    # Without the request times the ranker would read the item activity as of training: other ranks.
+    untimed = report_for_bundle(bundle, replace(holdout, request_times=[]))
+    assert untimed.user_ranks != report.user_ranks

@@ -137,7 +137,7 @@ def test_exported_names_follow_rays_prefix_and_histogram_suffixes():
 
 def test_the_pure_monitoring_modules_import_neither_ray_nor_mlflow_nor_evidently(tmp_path):
     modules = ["aisys.monitoring.metrics", "aisys.monitoring.drift", "aisys.monitoring.profile",
-               "aisys.monitoring.online_quality", "aisys.monitoring.policy", "aisys.monitoring.evidently_report",
+               "aisys.monitoring.online_quality", "aisys.monitoring.audit", "aisys.monitoring.findings", "aisys.monitoring.evidently_report",
                "aisys.monitoring.monitor_actor"]
     code = (
         "import importlib, json, sys\n"

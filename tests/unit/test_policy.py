@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from aisys.config import MonitorConfig
-from aisys.monitoring.policy import InMemoryAuditLog, ParquetAuditLog, PolicyState, RetrainPolicy, drop_p_value
+from aisys.loop.policy import PolicyState, RetrainPolicy, drop_p_value
+from aisys.monitoring.audit import InMemoryAuditLog, ParquetAuditLog
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 CFG = MonitorConfig(

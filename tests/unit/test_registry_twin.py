@@ -119,3 +119,91 @@ def test_train_and_register_hands_the_trained_model_to_the_registry_it_is_given(
     if not promote:
         with pytest.raises(LookupError):
             registry.model_info(small_config.registry.champion_alias)
+
+
+def test_a_retrain_registers_tags_and_reads_the_champion_through_the_registry_it_is_given(small_config, monkeypatch):
+    # The loop's retrain against the twin: training and the gate are stubbed (they need Ray and MLflow); what is
+    # checked is what the loop writes to the registry: a version without an alias, its lineage, the gate's verdict.
+    from types import SimpleNamespace
+
+    from aisys.config import SimulatorConfig
+    from aisys.data.lake import Lake
+    from aisys.data.simulator import simulate_events
+    from aisys.loop import retrain as loop_retrain
+    from aisys.registry import promotion
+    from aisys.registry.memory import _Run
+    from aisys.training import pipeline as training_pipeline
+    from aisys.training.pipeline import TrainedModel
+    from tests.e2e.cluster_helpers import commit_events
+
+    cfg = small_config
+    cfg.monitor.train_window_days = None
+    events = simulate_events(SimulatorConfig(n_users=20, n_items=15, n_sessions=60, days=3, seed=1))
+    snapshot = commit_events(Lake.from_config(cfg.paths), events)
+    registry = InMemoryRegistry.from_config(cfg)
+    champion = registry.log_and_register(tiny_bundle(1), {}, {"ndcg@10": 0.3}, [], snapshot,
+                                         alias=cfg.registry.champion_alias)
+    trained = TrainedModel(bundle=tiny_bundle(2), metrics={"ndcg@10": 0.2}, baseline_metrics={},
+                           history=[], params={}, logged={"test_ndcg@10": 0.2})
+    monkeypatch.setattr(training_pipeline, "train_model", lambda cfg, events, snapshot_id, on_epoch, on_step: trained)
+    monkeypatch.setattr("aisys.runtime.init_ray", lambda cfg: None)
+    gated: list[str] = []
+
+    def refuse(cfg, version, snapshot_id):
+        gated.append(version)
+        registry.runs["gate-run"] = _Run(params={}, metrics={}, history=[])  # the gate's decision run (MLflow's)
+        return SimpleNamespace(promoted=False, champion_version=champion.version, run_id="gate-run",
+                               decision=SimpleNamespace(reasons=["ndcg@10 0.2 below the champion's 0.3"]))
+
+    monkeypatch.setattr(promotion, "promote", refuse)
+
+    outcome = loop_retrain.retrain(cfg, reason="drift: PSI above 0.2", trigger="drift", monitor=None,
+                                   registry=registry)
+
+    assert gated == [outcome.new_version] == ["2"] and not outcome.promoted
+    assert outcome.champion_before == champion.version and outcome.train_events == events.num_rows
+    assert loop_retrain.champion_version(registry, cfg.registry.champion_alias) == champion.version  # alias stayed
+    tags = registry.versions["2"].tags
+    assert tags[loop_retrain.PARENT_TAG] == champion.version and tags[loop_retrain.TRIGGER_TAG] == "drift"
+    assert tags["aisys.gate_decision"] == "refuse" and tags["aisys.gate_run_id"] == "gate-run"
+    assert registry.runs[outcome.train_run_id].tags[loop_retrain.REASON_TAG] == "drift: PSI above 0.2"
+    assert loop_retrain.champion_version(InMemoryRegistry.from_config(cfg)) is None  # nothing registered yet
+
+
+def test_aisys_train_tags_the_gate_verdict_on_the_registry_it_is_given(small_config, monkeypatch):
+    # `aisys train`'s composition against the twin (training and the gate stubbed, as above).
+    from types import SimpleNamespace
+
+    from aisys import pipeline
+    from aisys.config import SimulatorConfig
+    from aisys.data.lake import Lake
+    from aisys.data.simulator import simulate_events
+    from aisys.registry import promotion
+    from aisys.training import pipeline as training_pipeline
+    from aisys.training.pipeline import TrainedModel
+    from tests.e2e.cluster_helpers import commit_events
+
+    cfg = small_config
+    events = simulate_events(SimulatorConfig(n_users=20, n_items=15, n_sessions=60, days=3, seed=2))
+    snapshot = commit_events(Lake.from_config(cfg.paths), events)
+    registry = InMemoryRegistry.from_config(cfg)
+    trained = TrainedModel(bundle=tiny_bundle(3), metrics={"ndcg@10": 0.2}, baseline_metrics={},
+                           history=[], params={}, logged={"test_ndcg@10": 0.2})
+    monkeypatch.setattr(training_pipeline, "train_model", lambda cfg, events, snapshot_id, on_epoch, on_step: trained)
+    monkeypatch.setattr("aisys.runtime.init_ray", lambda cfg: None)
+
+    def first_champion(cfg, version, snapshot_id):
+        registry.set_alias(cfg.registry.champion_alias, version)  # what the gate does on promote
+        return SimpleNamespace(promoted=True, champion_version=None, run_id="gate-1",
+                               decision=SimpleNamespace(reasons=["no champion yet; guardrails pass"]))
+
+    monkeypatch.setattr(promotion, "promote", first_champion)
+    steps: list[str] = []
+
+    outcome = pipeline.train_from_lake(cfg, on_step=steps.append, registry=registry)
+
+    assert steps == ["register", "gate"] and outcome.promoted and outcome.model_version == "1"
+    assert registry.model_info(cfg.registry.champion_alias)["version"] == "1"
+    assert registry.versions["1"].tags["aisys.gate_decision"] == "promote"
+    assert registry.runs[outcome.run_id].tags["aisys.gate_run_id"] == "gate-1"
+    assert registry.versions["1"].bundle.lineage["snapshot_id"] == snapshot

@@ -76,3 +76,19 @@ def test_overrides_nest_into_a_config_and_only_what_is_listed_changes(bench, tmp
     assert cfg.serve.port == 8123 and cfg.gateway.cache_ttl_s == 0
     assert cfg.serve.ingress == "haproxy" and cfg.gateway.rate_limit_backend == "actor"  # shipped defaults kept
     assert cfg.online.session_store == "actor"
+
+
+def test_a_set_mode_measures_the_shipped_server_with_those_settings():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import serving
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert serving.set_mode_overrides("set:serve.access_log=true;serve.max_ongoing_requests=16") == {
+        "serve.access_log": True, "serve.max_ongoing_requests": 16}
+    with pytest.raises(ValueError, match="set:section.key=value"):
+        serving.set_mode_overrides("set:serve.access_log")
+    assert "/" not in serving.file_stem("set:a.b=c;d=e/f")
+    args = serving.parse_args(["--modes", "uvicorn,set:serve.access_log=true,shipped-1-replica"])
+    assert args.modes == ["uvicorn", "set:serve.access_log=true", "shipped-1-replica"]
+    assert "shipped-1-replica" in serving.default_modes()

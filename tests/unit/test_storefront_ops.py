@@ -11,7 +11,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from aisys.monitoring.policy import ParquetAuditLog, PolicyState, RetrainPolicy
+from aisys.loop.policy import PolicyState, RetrainPolicy
+from aisys.monitoring.audit import ParquetAuditLog
 from aisys.serving import ops_view as provider
 from aisys.storefront.opsdata import (
     decision_rows, drift_chart_svg, drift_series, drift_summary, link_row, metric_key, offline_metrics,

@@ -1,7 +1,8 @@
-"""When to retrain (pure): triggers, blocks, and an audit row for every decision.
+"""When to retrain (pure): triggers, blocks, and an audit row for every decision. The loop decides; the
+monitor only reports (:class:`~aisys.monitoring.findings.Findings`).
 
-:class:`RetrainPolicy` looks at a :class:`PolicyState` (what the monitor knows) at
-a given time and returns a :class:`Decision`. It *triggers* on
+:class:`RetrainPolicy` looks at a :class:`PolicyState` (a check's findings and the loop's
+retrain times) at a given time and returns a :class:`Decision`. It *triggers* on
 
 * ``drift``: the largest PSI of a check above ``psi_threshold`` for the last
   ``drift_consecutive_checks`` checks in a row;
@@ -24,15 +25,13 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-import pandas as pd
-import pyarrow as pa
-
-from aisys.config import MonitorConfig, PathsConfig
+from aisys.config import MonitorConfig
+from aisys.monitoring.audit import AuditLog, InMemoryAuditLog
+from aisys.monitoring.findings import Findings, drift_streak
 
 DAY = timedelta(days=1)
 Outcome = Literal["retrain", "blocked", "none"]
@@ -40,7 +39,7 @@ Outcome = Literal["retrain", "blocked", "none"]
 
 @dataclass(frozen=True)
 class PolicyState:
-    """What the policy decides on. Times are UTC datetimes."""
+    """What the policy decides on: a check's findings and the loop's retrain times. Times are UTC datetimes."""
 
     drift_history: Sequence[Mapping[str, float]] = ()  # PSI per feature of each check, oldest first
     model_version: str | None = None
@@ -50,6 +49,20 @@ class PolicyState:
     baseline_lists: int = 0  # lists behind baseline_hit_rate (0: unknown, the significance test is skipped)
     new_events: int = 0  # events since the model's training snapshot
     retrain_times: Sequence[datetime] = ()  # earlier retrain decisions
+
+    @classmethod
+    def from_findings(cls, findings: Findings, retrain_times: Sequence[datetime] = ()) -> "PolicyState":
+        """The monitor's findings of one check, with the retrains the loop has counted so far."""
+        return cls(
+            drift_history=list(findings.drift_history),
+            model_version=findings.model_version,
+            online_hit_rate=findings.online_hit_rate,
+            baseline_hit_rate=findings.baseline_hit_rate,
+            judged_lists=findings.judged_lists,
+            baseline_lists=findings.baseline_lists,
+            new_events=findings.new_events,
+            retrain_times=list(retrain_times),
+        )
 
     def to_inputs(self) -> dict[str, Any]:
         """The state as plain JSON-able inputs for the audit row (latest drift check only)."""
@@ -128,19 +141,13 @@ def _utc(moment: datetime) -> datetime:
 class RetrainPolicy:
     """The retrain rules of ``cfg.monitor``; see the module docstring."""
 
-    def __init__(self, cfg: MonitorConfig, audit: "AuditLog | None" = None):
+    def __init__(self, cfg: MonitorConfig, audit: AuditLog | None = None):
         self.cfg = cfg
         self.audit = audit if audit is not None else InMemoryAuditLog()
 
     def drift_streak(self, drift_history: Sequence[Mapping[str, float]]) -> int:
         """Checks in a row, ending with the latest, whose largest PSI is above the threshold."""
-        streak = 0
-        for check in reversed(drift_history):
-            if check and max(check.values()) > self.cfg.psi_threshold:
-                streak += 1
-            else:
-                break
-        return streak
+        return drift_streak(drift_history, self.cfg.psi_threshold)
 
     def evaluate(self, state: PolicyState, now: datetime) -> Decision:
         """Decide at ``now``, append the decision to the audit log, and return it."""
@@ -232,83 +239,3 @@ class RetrainPolicy:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-# --- the audit table ---------------------------------------------------------------------------
-
-AUDIT_SCHEMA = pa.schema(
-    [
-        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("model_version", pa.string()),
-        pa.field("retrain", pa.bool_(), nullable=False),
-        pa.field("outcome", pa.string(), nullable=False),
-        pa.field("triggers", pa.list_(pa.string())),
-        pa.field("reasons", pa.list_(pa.string())),
-        pa.field("blocked_by", pa.list_(pa.string())),
-        pa.field("inputs", pa.string()),  # JSON: the inputs differ in shape between decisions
-    ]
-)
-
-
-class AuditLog(Protocol):
-    """Append-only table of retrain decisions."""
-
-    def append(self, record: Mapping[str, Any]) -> None: ...
-
-    def read(self) -> pd.DataFrame: ...
-
-
-def _audit_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
-    rows = [{name: record.get(name) for name in AUDIT_SCHEMA.names} for record in records]
-    for row in rows:
-        row["at"] = _utc(row["at"])
-    return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
-
-
-class InMemoryAuditLog:
-    """The audit log of tests and of a monitor without a lake."""
-
-    def __init__(self) -> None:
-        self._records: list[dict[str, Any]] = []
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        self._records.append(dict(record))
-
-    def read(self) -> pd.DataFrame:
-        return _audit_table(self._records).to_pandas()
-
-
-class ParquetAuditLog:
-    """Audit rows as Parquet files under ``<lake>/monitoring/retrain_audit/``.
-
-    Each append writes one small file (named by time, then a random token), so
-    concurrent writers never rewrite each other's rows and a crash loses at most
-    the row being written.
-    """
-
-    def __init__(self, lake_uri: str, paths: "PathsConfig | None" = None):
-        from aisys.data.lake import filesystem_for
-
-        self.uri = f"{lake_uri.rstrip('/')}/monitoring/retrain_audit"
-        # With paths' S3 endpoint and region: the audit log lives in the lake's store, wherever that is.
-        self.fs, root = filesystem_for(lake_uri, paths)
-        self.folder = f"{root.rstrip('/')}/monitoring/retrain_audit"
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        import pyarrow.parquet as pq
-
-        table = _audit_table([record])
-        at = _utc(record["at"]).strftime("%Y%m%dT%H%M%S.%fZ")
-        self.fs.create_dir(self.folder, recursive=True)
-        pq.write_table(table, f"{self.folder}/part-{at}-{uuid.uuid4().hex[:8]}.parquet", filesystem=self.fs)
-
-    def read(self) -> pd.DataFrame:
-        import pyarrow.dataset as ds
-        import pyarrow.fs as pafs
-
-        selector = pafs.FileSelector(self.folder, allow_not_found=True)
-        files = sorted(i.path for i in self.fs.get_file_info(selector) if i.base_name.endswith(".parquet"))
-        if not files:
-            return AUDIT_SCHEMA.empty_table().to_pandas()
-        table = ds.dataset(files, schema=AUDIT_SCHEMA, format="parquet", filesystem=self.fs).to_table()
-        return table.sort_by("at").to_pandas()
