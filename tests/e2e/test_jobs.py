@@ -92,7 +92,9 @@ def served(token_cluster, trained, state):
     jobs = Jobs(url, token)
     port = free_port()
     job_id = jobs.submit("-m", "aisys.cli", "serve", "--config", "configs/local.yaml", *state["overrides"],
-                         f"--set=serve.port={port}")
+                         f"--set=serve.port={port}",
+                         # One replica: the replay test reads /admin/counters, which counts what *its* replica saw.
+                         "--set=serve.num_replicas=1")
     api = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -147,10 +149,12 @@ def test_replay_job_drives_the_served_champion_over_http(replayed, served, state
 def test_retrain_loop_job_answers_the_monitors_request(replayed, served, state):
     assert replayed.status == "SUCCEEDED", replayed.describe()
     _, _, jobs = served
-    # Inline: the loop's driver runs ingest + retrain itself (the job is already on the cluster).
+    # Inline: the loop's driver runs ingest + retrain itself (the job is already on the cluster). The monitor's
+    # request is there before the job starts; the 4 polls after it are what shows it is handled once (0.5 s apart:
+    # the number of polls, not their spacing, is what counts, and at 2 s the job sat idle for 8 s).
     loop = jobs.wait(jobs.submit(
         "jobs/retrain_loop.py", "--config", "configs/local.yaml", *state["overrides"],
-        "--submit", "inline", "--poll-s", "2", "--max-iterations", "5"))
+        "--submit", "inline", "--poll-s", "0.5", "--max-iterations", "5"))
     assert loop.status == "SUCCEEDED", loop.describe()
     lines = [json.loads(line) for line in loop.logs.splitlines() if line.startswith("{")]
     assert lines[0]["loop"] == "started" and lines[0]["mode"] == "inline"
