@@ -16,6 +16,8 @@ every cell:
   request: ``OLD_HOPS``), to show what the leases and the replica-local session copy moved;
 - ``set:KEY=VALUE[;KEY=VALUE]``: the same with those settings (``set:serve.access_log=true``), one setting measured
   against the shipped row of the same run;
+- ``env:NAME=VALUE[;NAME=VALUE]``: the same with those environment variables for ``aisys serve`` and the Ray it
+  starts (``env:RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``: a Ray setting measured before it is shipped);
 - ``ingress=proxy|direct|haproxy``: the same ``aisys serve`` with ``--set serve.ingress=...`` (extra rows;
   the default ingress is the ``shipped`` row). ``direct`` is measured on ``serve.port``, the port a user has.
 
@@ -24,7 +26,8 @@ an open loop at 200 requests/s (latency from each request's scheduled time). Rat
 same run. Also the *bare handler*: ``await service.recommend(user, 10)`` in this process, the floor the 1-client
 median overhead is measured against. Results: ``benchmarks/results/serving.json``.
 
-    python benchmarks/serving.py                         # a synthetic SASRec workspace (2,000 items, 1,000 users)
+    python benchmarks/serving.py                         # the shipped champion (aisys data/ingest/train, cached)
+    python benchmarks/serving.py --model synthetic       # an untrained SASRec (2,000 items, 1,000 users)
     python benchmarks/serving.py --workspace .aisys      # whatever that (trained) workspace's champion is
     python benchmarks/serving.py --quick                 # smoke run: 2 s cells
     python benchmarks/serving.py --modes uvicorn,shipped --duration 5
@@ -50,8 +53,8 @@ from typing import Any
 from serving_report import markdown, ratios, table
 from serving_servers import (CLIENT_LABEL, CpuMeter, QUIET, REPO, cpu_per_request_ms, free_port_block, start_aisys_serve,
                              start_uvicorn, stop, wait_healthy)
-from serving_workload import (K, RAISED_OUT_OF_THE_WAY, bare_handler, bench_key, bench_overrides, champion_users,
-                              register_synthetic_model, write_config)
+from serving_workload import (K, RAISED_OUT_OF_THE_WAY, bare_handler, bench_key, bench_overrides, champion_description,
+                              champion_users, register_synthetic_model, shipped_champion_workspace, write_config)
 
 from aisys.config import AppConfig
 
@@ -73,6 +76,14 @@ def set_mode_overrides(mode: str) -> dict[str, Any]:
     if not pairs or not all("=" in p for p in pairs):
         raise ValueError(f"mode {mode!r}: use set:section.key=value[;section.key=value...]")
     return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
+
+
+def env_mode_variables(mode: str) -> dict[str, str]:
+    """``env:RAY_SERVE_X=0;RAY_SERVE_Y=1`` -> the environment ``aisys serve`` (and the Ray it starts) gets."""
+    pairs = [p for p in mode.removeprefix("env:").split(";") if p]
+    if not pairs or not all("=" in p for p in pairs):
+        raise ValueError(f"mode {mode!r}: use env:NAME=value[;NAME=value...]")
+    return dict(p.split("=", 1) for p in pairs)
 
 
 def file_stem(mode: str) -> str:
@@ -124,7 +135,8 @@ def measure_mode(mode: str, args: argparse.Namespace, workdir: Path, api_key: st
         direct = free_port_block(DIRECT_PORT_SPAN)
         proc = start_aisys_serve(config_path, log_path, {
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct + DIRECT_PORT_SPAN)})
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct + DIRECT_PORT_SPAN),
+            **(env_mode_variables(mode) if mode.startswith("env:") else {})})
         sig = signal.SIGINT  # Ctrl-C, as a terminal sends it
     try:
         urls = wait_healthy([f"http://127.0.0.1:{port}"], args.start_timeout, proc, api_key, probe)
@@ -144,23 +156,38 @@ def measure_mode(mode: str, args: argparse.Namespace, workdir: Path, api_key: st
             load = f"c={shape['concurrency']}" if "concurrency" in shape else f"{args.rate:g}/s"
             print(f"[{mode}] {load:<7} {cell['rps']:8.1f} rps  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms  "
                   f"errors {cell['errors']}  cpu {cell['cpu_ms_per_request'].get('total')} ms/req", flush=True)
+        idle = None
+        if args.idle > 0:  # CPU with no request at all, after the cells: Ray's background work (uvicorn: none)
+            before = meter.sample()
+            time.sleep(args.idle)
+            spent = CpuMeter.per_label(before, meter.sample())
+            idle = {"seconds": args.idle, "total_ms_per_s": round(sum(spent.values()) * 1000 / args.idle, 1),
+                    **{label: round(cpu * 1000 / args.idle, 1) for label, cpu in spent.items()}}
+            print(f"[{mode}] idle: {idle['total_ms_per_s']} ms of CPU per second", flush=True)
     finally:
         stop(proc, sig)
     return {"mode": mode, "kind": "uvicorn" if mode == "uvicorn" else ("shipped" if mode == "shipped" else "extra"),
-            "ingress": None if mode == "uvicorn" else cfg.serve.ingress, "startup_s": started_s, "cells": cells}
+            "ingress": None if mode == "uvicorn" else cfg.serve.ingress, "startup_s": started_s, "idle_cpu": idle,
+            "cells": cells}
 
 
 def prepare_workspace(args: argparse.Namespace, workdir: Path) -> tuple[AppConfig, list[str], str]:
-    """The workspace the servers serve: a copy of ``--workspace``, or a synthetic registered SASRec."""
+    """The workspace the servers serve, always a copy: of ``--workspace``; of the shipped champion (trained by
+    ``aisys data/ingest/train`` on the shipped config, cached between runs); or, with ``--model synthetic``, a
+    workspace with a registered untrained SASRec over synthetic users."""
     cfg = write_config(workdir / "config-prepare.yaml", bench_overrides(workdir, 8000), base=args.base_config)
-    if args.workspace:
-        shutil.copytree(args.workspace, cfg.paths.workspace, symlinks=True)
-        users = champion_users(cfg)
-        model = f"the champion of {args.workspace}"
-    else:
+    if args.model == "synthetic":
         version, users = register_synthetic_model(cfg, args.users, args.items)
-        model = f"SASRec 64-d, 2 layers, 2 heads, seq 50, {args.items} items (untrained, v{version})"
-    return cfg, users, model
+        return cfg, users, (f"synthetic SASRec 64-d, 2 layers, 2 heads, seq 50, {args.items} items "
+                            f"(untrained, v{version}; --model synthetic)")
+    if args.workspace:
+        source, origin = args.workspace, f"the champion of {args.workspace}"
+    else:
+        source, key = shipped_champion_workspace(args.base_config, REPO, retrain=args.retrain)
+        origin = f"shipped: `aisys data && aisys ingest && aisys train` on the shipped config, cache key {key}"
+    shutil.copytree(source, cfg.paths.workspace, symlinks=True)
+    users = champion_users(cfg)
+    return cfg, users, f"{champion_description(cfg)} [{origin}]"
 
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
@@ -216,19 +243,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated among uvicorn, shipped, shipped-1-replica (one replica, as shipped "
                         "before serve.num_replicas: auto), shipped-old-hops (the default ingress with "
                         "every request asking the limiter and session actors), ingress=proxy|direct|haproxy, "
-                        "set:KEY=VALUE[;KEY=VALUE] (the shipped server with those --set values) "
+                        "set:KEY=VALUE[;KEY=VALUE] (the shipped server with those --set values), "
+                        "env:NAME=VALUE[;NAME=VALUE] (the shipped server with those environment variables, "
+                        "which the Ray it starts inherits) "
                         f"(default: {','.join(default_modes())})")
+    parser.add_argument("--model", choices=("shipped", "synthetic"), default="shipped",
+                        help="shipped (default): the champion `aisys data && aisys ingest && aisys train` gives on "
+                        "the shipped config (the default model.kind), trained once and cached under "
+                        "$AISYS_BENCH_CACHE (~/.cache/aisys-bench) by a hash of the training config and code; "
+                        "synthetic: an untrained 64-d SASRec over --users synthetic users and --items items")
+    parser.add_argument("--retrain", action="store_true", help="train the shipped champion anew (ignore the cache)")
     parser.add_argument("--workspace", type=Path, default=None,
-                        help="serve a copy of this trained workspace's champion instead of a synthetic SASRec")
+                        help="serve a copy of this trained workspace's champion instead of the shipped one")
     parser.add_argument("--base-config", type=Path, default=None,
                         help="the config `aisys serve` would read (default configs/local.yaml)")
     parser.add_argument("--concurrency", default="1,16,64", help="closed-loop client counts")
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each cell is measured")
+    parser.add_argument("--idle", type=float, default=5.0,
+                        help="seconds of no load per server, to measure its background CPU (0: skip)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="uvicorn workers (one per core)")
-    parser.add_argument("--items", type=int, default=2000, help="synthetic catalogue size")
-    parser.add_argument("--users", type=int, default=1000, help="synthetic users with a 50-item history")
+    parser.add_argument("--items", type=int, default=2000, help="--model synthetic: catalogue size")
+    parser.add_argument("--users", type=int, default=1000, help="--model synthetic: users with a 50-item history")
     parser.add_argument("--bare-calls", type=int, default=500)
     parser.add_argument("--start-timeout", type=float, default=240.0)
     parser.add_argument("--out", type=Path, default=None,
@@ -237,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = [m.strip() for m in (args.modes or ",".join(default_modes())).split(",") if m.strip()]
     allowed = {"uvicorn", "shipped", "shipped-1-replica", "shipped-old-hops", *(f"ingress={i}" for i in INGRESSES)}
     for mode in args.modes:
-        if mode not in allowed and not mode.startswith("set:"):
+        if mode not in allowed and not mode.startswith(("set:", "env:")):
             parser.error(f"--modes: unknown mode {mode!r}; use {', '.join(sorted(allowed))}")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.workspace is not None and not (args.workspace / "mlflow.db").exists():

@@ -1,7 +1,7 @@
 """Where the shipped ``aisys serve``'s time goes under load: py-spy on its Serve replica while clients hammer it.
 
-Starts ``aisys serve`` exactly as ``benchmarks/serving.py``'s ``shipped`` mode does (same synthetic SASRec
-workspace, same overrides), drives ``GET /recommendations/{user}?k=10`` from ``python -m aisys.loadgen`` at
+Starts ``aisys serve`` exactly as ``benchmarks/serving.py``'s ``shipped`` mode does (same workspace: the shipped
+champion by default, same overrides), drives ``GET /recommendations/{user}?k=10`` from ``python -m aisys.loadgen`` at
 ``--concurrency`` clients, and meanwhile samples the replica process with ``py-spy record --nonblocking``
 (busy threads only). Prints the functions with the most samples on top of the stack (self) and anywhere in it
 (inclusive), and the CPU each process of the server's tree spent, and writes them to
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="shipped, shipped-1-replica, ingress=proxy|direct|haproxy, or set:KEY=VALUE[;KEY=VALUE]")
     parser.add_argument("--base-config", type=Path, default=None,
                         help="the config `aisys serve` would read (default configs/local.yaml)")
+    parser.add_argument("--model", choices=("shipped", "synthetic"), default="shipped",
+                        help="the served model, as benchmarks/serving.py's --model (default: the shipped champion)")
+    parser.add_argument("--workspace", type=Path, default=None, help="serve a copy of this workspace's champion")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
@@ -82,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault(key, value)
     workdir = Path(tempfile.mkdtemp(prefix="aisys-bench-profile-"))
     (workdir / "logs").mkdir()
-    setup = argparse.Namespace(workspace=None, base_config=args.base_config, users=1000, items=2000,
-                               duration=args.duration + 3, warmup=2.0)
+    setup = argparse.Namespace(workspace=args.workspace, base_config=args.base_config, model=args.model,
+                               retrain=False, users=1000, items=2000, duration=args.duration + 3, warmup=2.0)
     proc = None
     try:
         cfg, users, model = prepare_workspace(setup, workdir)

@@ -65,6 +65,7 @@ def table(result: dict[str, Any]) -> str:
     """The printed summary: header (what runs, what differs), one row per mode and load, CPU per process, targets."""
     s = result["settings"]
     bare = result["bare_handler"].get("p50_ms")
+    w = max([26, *(len(m["mode"]) + 2 for m in result["modes"])])  # the mode column
     lines = [
         f"GET /recommendations/{{user}}?k={s['k']}  model: {s['model']}  users: {s['users']}  "
         f"{result['machine']['cpus']} CPUs  {result['created_at']}",
@@ -75,14 +76,14 @@ def table(result: dict[str, Any]) -> str:
         f"client: python -m aisys.loadgen (aiohttp, its own process); {s['duration_s']:g} s per cell after "
         f"{s['warmup_s']:g} s warm-up",
         "",
-        f"{'mode':<26}{'load':<9}{'rps':>8}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}{'fb':>5}{'x uvic':>8}"
+        f"{'mode':<{w}}{'load':<9}{'rps':>8}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}{'fb':>5}{'x uvic':>8}"
         f"{'p50-bare':>9}{'cpu ms/req':>11}",
-        "-" * 99,
+        "-" * (w + 73),
     ]
     ratio = result["ratios"]
     for m in result["modes"]:
         if not m.get("cells"):
-            lines.append(f"{m['mode']:<26}FAILED: {m.get('error', '?')[:70]}")
+            lines.append(f"{m['mode']:<{w}}FAILED: {m.get('error', '?')[:70]}")
             continue
         for c in m["cells"]:
             closed = c["load"] == "closed"
@@ -91,7 +92,7 @@ def table(result: dict[str, Any]) -> str:
             over = f"{c['p50_ms'] - bare:.2f}" if bare is not None and c["p50_ms"] is not None and \
                 c.get("concurrency") == 1 else ""
             cpu = c.get("cpu_ms_per_request", {}).get("total")
-            lines.append(f"{m['mode']:<26}{load:<9}{c['rps']:>8.1f}{_f(c['p50_ms']):>9}{_f(c['p99_ms']):>9}"
+            lines.append(f"{m['mode']:<{w}}{load:<9}{c['rps']:>8.1f}{_f(c['p50_ms']):>9}{_f(c['p99_ms']):>9}"
                          f"{c['errors']:>5}{c['fallbacks']:>5}{'' if r is None else f'{r:.2f}':>8}{over:>9}"
                          f"{_f(cpu):>11}")
     lines.append(f"bare handler (service.recommend in-process, no HTTP): p50 {bare} ms, "
@@ -103,6 +104,13 @@ def table(result: dict[str, Any]) -> str:
         if cell and cell.get("cpu_ms_per_request"):
             parts = [f"{k} {v:.2f}" for k, v in cell["cpu_ms_per_request"].items() if k != "total" and v >= 0.05]
             lines.append(f"  {m['mode']}: " + ", ".join(parts))
+    lines.append("")
+    lines.append("CPU ms per second with no load (background work; the processes above 5 ms/s):")
+    for m in result["modes"]:
+        idle = m.get("idle_cpu")
+        if idle:
+            parts = [f"{k} {v:.0f}" for k, v in idle.items() if k not in ("seconds", "total_ms_per_s") and v >= 5]
+            lines.append(f"  {m['mode']}: total {idle['total_ms_per_s']:.0f}; " + ", ".join(parts))
     lines.append(f"load average before/after: {result['loadavg_before']} / {result['loadavg_after']}")
     lines.extend(targets(result))
     return "\n".join(lines)

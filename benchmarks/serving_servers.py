@@ -121,7 +121,17 @@ def wait_healthy(urls: list[str], timeout: float, proc: subprocess.Popen, api_ke
 
 
 def stop(proc: subprocess.Popen, sig: int, timeout: float = 90) -> None:
-    """Send ``sig`` to the server's process group (SIGINT: Ctrl-C); SIGKILL the group if it outlives ``timeout``."""
+    """Send ``sig`` to the server's process group (SIGINT: Ctrl-C); SIGKILL the group if it outlives ``timeout``.
+
+    Then SIGKILL whatever of the server's process tree is still alive (noted before the signal): an HAProxy left
+    behind by a replica manager that was killed keeps ports 9101/8404, and the next ``aisys serve`` fails to start.
+    """
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
     try:
         os.killpg(proc.pid, sig)
         proc.wait(timeout=timeout)
@@ -130,6 +140,12 @@ def stop(proc: subprocess.Popen, sig: int, timeout: float = 90) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # our own child's session (start_new_session=True)
         proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for child in alive:  # our server's own descendants, by pid
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 # ------------------------------------------------------------------ CPU per process

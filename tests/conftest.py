@@ -49,7 +49,10 @@ def small_config_dict(root: Path) -> dict:
             "simulator": {"n_users": 120, "n_items": 80, "n_sessions": 900, "days": 10},
         },
         "features": {"max_seq_len": 20},
-        "model": {"embedding_dim": 32, "n_layers": 1, "n_heads": 2},
+        # The shipped SASRec refit on train + valid (model.stages.refit_sasrec) is a second Ray Train fit, ~12-15 s
+        # of fixed start-up each; the tests that train what ships turn it back on (test_train_register,
+        # test_evaluate_shipped, test_demo).
+        "model": {"embedding_dim": 32, "n_layers": 1, "n_heads": 2, "stages": {"refit_sasrec": False}},
         "train": {"epochs": 3, "batch_size": 64},
         "demo": {"n_events": 40, "n_requests": 40},
     }
@@ -88,6 +91,9 @@ def small_config(tmp_path: Path, mlflow_db_template: Path) -> AppConfig:
     return config_from_dict(small_config_dict(tmp_path), "tests")
 
 
+METRICS_REPORT_INTERVAL_MS = 2000
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One real local Ray for the whole session: 2 CPUs, a 512 MiB object store, no dashboard."""
@@ -100,6 +106,10 @@ def ray_session():
             object_store_memory=512 * 1024 * 1024,
             include_dashboard=False,
             logging_level="WARNING",
+            # Application metrics reach Ray's metrics endpoint (and Prometheus) every 2 s instead of every 10 s:
+            # the tests that read them back (tests/ray/test_monitor_actor.py, test_serving_metrics.py) wait on
+            # that export. A test setting of this Ray only, never the product's.
+            _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
         )
     yield ray
     ray.shutdown()

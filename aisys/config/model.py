@@ -56,6 +56,12 @@ class StagesConfig(_Section):
     max_dense_items: int = Field(
         20_000, ge=1, description="EASE, SLIT and the title similarity are (items x items) matrices: off above this."
     )
+    refit_sasrec: bool = Field(
+        True,
+        description="After the blend and the ranking stage are chosen on valid, train SASRec again on train + valid "
+        "(the valid item becomes history, as the generators' arrays already are) for the first fit's best epoch + 1 "
+        "epochs, and ship that fit; nothing is chosen on it. Off: the bundle holds the fit on train only.",
+    )
     ranking: Literal["auto", "blend", "lgbm"] = Field(
         "auto",
         description="The ranking stage: 'blend' (the tuned blend orders every item), 'lgbm' (a LightGBM LambdaRank "

@@ -208,6 +208,13 @@ class OnlineConfig(_Section):
         "at most this long (plus one actor call) later, and at once on the same replica. 0: no copy, every read asks "
         "the actor (docs/serving.md, Session store).",
     )
+    session_sync_wait_s: float = Field(
+        1.0, ge=0,
+        description="How long the actor holds a replica's sync call while nothing has changed, answering at once "
+        "when an event arrives (a long poll): an idle store costs a replica about one call per this many seconds "
+        "instead of one per session_sync_every_s, and a change made while a call waits reaches the replica at once. "
+        "The bound above is unchanged. 0: every sync answers at once (one call per session_sync_every_s).",
+    )
     stock_file: str | None = Field(
         None, description="JSON file of out-of-stock items shared by replicas; default <workspace>/online/stock.json."
     )

@@ -83,8 +83,8 @@ class ActorSessionStore(SessionStore):
     ) -> tuple[UserSession, bool, int]:
         return await self.handle.apply_versioned.remote(user_id, event_id, item_id, event_type, event_time)
 
-    async def changes_since(self, cursor: tuple[str, int] | None):
-        return await self.handle.changes_since.remote(cursor)
+    async def changes_since(self, cursor: tuple[str, int] | None, wait_s: float = 0.0):
+        return await self.handle.changes_since.remote(cursor, wait_s)
 
 
 def get_or_create_session_actor(cfg: AppConfig, max_items: int | None = None):
@@ -112,7 +112,8 @@ def actor_session_store(cfg: AppConfig) -> SessionStore:
         return shared
     from aisys.serving.session_cache import ReplicaSessionCache
 
-    return ReplicaSessionCache(shared, cfg.online.session_sync_every_s, cfg.online.max_sessions)
+    return ReplicaSessionCache(shared, cfg.online.session_sync_every_s, cfg.online.max_sessions,
+                               sync_wait_s=cfg.online.session_sync_wait_s)
 
 
 def drop_session_actor(cfg: AppConfig) -> bool:

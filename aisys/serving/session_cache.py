@@ -8,7 +8,10 @@ Asking the shared session actor on every ``GET /recommendations`` put an actor r
 - **writes** (``POST /events``) go to the shared store first (it decides replays, by ``event_id``) and the
   answer updates the copy at once, so a replica reads its own writes;
 - **a short sync** asks the shared store every ``sync_every_s`` for the sessions changed since the last sync
-  (``changes_since``, a change cursor kept by the actor) and applies them.
+  (``changes_since``, a change cursor kept by the actor) and applies them. With ``sync_wait_s`` the call is a
+  long poll: the actor holds it while nothing changed and answers as soon as something does, so an idle store
+  costs each replica about one call per ``sync_wait_s`` (issue 15: the syncs were a per-second cost of every
+  replica and of the actor that uvicorn does not pay).
 
 The guarantee, explicitly: an event applied through replica A is seen by a request on replica B at most
 ``sync_every_s`` plus one actor call later (default 0.1 s), and at once on replica A. A snapshot bulk-load
@@ -46,8 +49,16 @@ class VersionedSessionStore(InMemorySessionStore):
         self._seq = 0
         self._floor = 0  # cursors before this must reload (a bulk load, or a change-log entry dropped)
         self._changed: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._changed_event: asyncio.Event | None = None  # set (and dropped) on the next change: long-poll syncs
+
+    def _notify(self) -> None:
+        """Wake the syncs waiting in :meth:`changes_since` (the store changed)."""
+        if self._changed_event is not None:
+            self._changed_event.set()
+            self._changed_event = None
 
     def _mark(self, user_id: str) -> None:
+        self._notify()
         self._seq += 1
         self._changed[user_id] = self._seq
         self._changed.move_to_end(user_id)
@@ -73,13 +84,26 @@ class VersionedSessionStore(InMemorySessionStore):
     async def bulk_load(self, sessions: Mapping[str, UserSession], snapshot_id: str) -> int:
         seeded = self.table.bulk_load(sessions, snapshot_id)
         if seeded:
+            self._notify()
             self._seq += 1
             self._floor = self._seq  # every copy may hold a seeded user as unknown: all start over
         return seeded
 
-    async def changes_since(self, cursor: tuple[str, int] | None
+    async def changes_since(self, cursor: tuple[str, int] | None, wait_s: float = 0.0
                             ) -> tuple[str, int, dict[str, tuple[UserSession, int]] | None]:
-        """``(epoch, seq, {user: (session, seq)})`` changed after ``cursor``; ``None`` for "reload everything"."""
+        """``(epoch, seq, {user: (session, seq)})`` changed after ``cursor``; ``None`` for "reload everything".
+
+        ``wait_s > 0``: when nothing changed after a valid ``cursor``, wait up to that long for a change first (a
+        long poll: the answer leaves as soon as an event is applied). The wait is the only await: the answer is
+        computed whole after it, so calls still apply in arrival order.
+        """
+        if wait_s > 0 and cursor is not None and cursor[0] == self._epoch and cursor[1] == self._seq:
+            if self._changed_event is None:
+                self._changed_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed_event.wait(), wait_s)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
         if cursor is None or cursor[0] != self._epoch or cursor[1] < self._floor:
             return self._epoch, self._seq, None
         changed = {}
@@ -94,12 +118,20 @@ class VersionedSessionStore(InMemorySessionStore):
 class ReplicaSessionCache(SessionStore):
     """:class:`SessionStore` over a shared store, read from a local copy kept fresh by a short sync."""
 
-    def __init__(self, shared: Any, sync_every_s: float = 0.1, max_users: int = 1_000_000) -> None:
-        """``shared`` is a versioned shared store (``get_many_versioned``, ``apply_versioned``, ``changes_since``)."""
-        if sync_every_s <= 0 or max_users < 1:
-            raise ValueError(f"need sync_every_s > 0 and max_users >= 1, got {sync_every_s}, {max_users}")
+    def __init__(self, shared: Any, sync_every_s: float = 0.1, max_users: int = 1_000_000,
+                 sync_wait_s: float = 0.0) -> None:
+        """``shared`` is a versioned shared store (``get_many_versioned``, ``apply_versioned``, ``changes_since``).
+
+        ``sync_wait_s > 0``: the background sync long-polls (``changes_since(cursor, wait_s)``): the shared store
+        holds the call while nothing changed, so an idle store costs one call per ``sync_wait_s``, not one per
+        ``sync_every_s``; a change still reaches this copy within ``sync_every_s`` plus one call.
+        """
+        if sync_every_s <= 0 or max_users < 1 or sync_wait_s < 0:
+            raise ValueError(f"need sync_every_s > 0, max_users >= 1 and sync_wait_s >= 0, got {sync_every_s}, "
+                             f"{max_users}, {sync_wait_s}")
         self.shared = shared
         self.sync_every_s = sync_every_s
+        self.sync_wait_s = sync_wait_s
         self.max_users = max_users
         self._copy: collections.OrderedDict[str, tuple[UserSession, int]] = collections.OrderedDict()
         self._cursor: tuple[str, int] | None = None  # (the actor's epoch, its change number) at the last sync
@@ -194,7 +226,7 @@ class ReplicaSessionCache(SessionStore):
         while True:
             await asyncio.sleep(self.sync_every_s)
             try:
-                await self.sync()
+                await self.sync(self.sync_wait_s)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the shared store is down: keep serving the copy, try again next tick
@@ -203,9 +235,15 @@ class ReplicaSessionCache(SessionStore):
                     logger.warning("session sync failed (%d times): %s: %s", self.sync_errors,
                                    type(err).__name__, err)
 
-    async def sync(self) -> int:
-        """Apply the sessions changed in the shared store since the last sync; return how many."""
-        epoch, seq, changed = await self.shared.changes_since(self._cursor)
+    async def sync(self, wait_s: float = 0.0) -> int:
+        """Apply the sessions changed in the shared store since the last sync; return how many.
+
+        ``wait_s > 0``: the shared store may hold the call that long while nothing changed (a long poll).
+        """
+        if wait_s > 0:
+            epoch, seq, changed = await self.shared.changes_since(self._cursor, wait_s)
+        else:
+            epoch, seq, changed = await self.shared.changes_since(self._cursor)
         self.syncs += 1
         if changed is None:  # the actor is new, or our cursor fell out of its change log: start over
             self._reset()

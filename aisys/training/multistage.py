@@ -13,7 +13,10 @@ On the snapshot's leave-last-one-out split (:mod:`aisys.training.pipeline` makes
    and a LightGBM ranker out of fold on the valid users and keeps the ranker only if it wins; the ranker that
    ships is trained on every valid user, its item activity replayed from the train events as of each valid
    request, and the bundle's activity seeded from train + valid;
-5. the scorer of the bundle (SASRec + generators fit on train + valid + the blend [+ the ranker]) is scored on
+5. with ``model.stages.refit_sasrec`` (default), SASRec is trained again on train + valid for the first fit's best
+   epoch + 1 epochs, after every choice above is taken (none is made on it), so the SASRec that ships, like the
+   generators, knows each user's valid item;
+6. the scorer of the bundle (SASRec and generators fit on train + valid + the blend [+ the ranker]) is scored on
    test through ``score_sessions``, the code serving runs (each test request at its target's time).
 """
 
@@ -181,12 +184,42 @@ def train_multistage(
     train_sasrec: Callable[[], Any],
     sasrec_scorer: Callable[[Any], SASRecScorer],
     item_categories: Sequence[str | None] | None = None,
+    refit_sasrec: Callable[[Any, Mapping[str, list[int]]], Any] | None = None,
 ) -> tuple[Any, MultistageFit]:
     """Fit every stage and tune the blend (see the module docstring); returns SASRec's result and the fit.
 
     ``train_sasrec()`` runs Ray Train and returns its result; ``sasrec_scorer(result)`` builds its scorer.
     Ray must be up (the caller's ``init_ray``): the generator fits are submitted before SASRec starts.
+    With ``model.stages.refit_sasrec`` and a ``refit_sasrec(result, train_and_valid)`` (Ray Train again, on train +
+    valid, for ``result``'s best epoch + 1 epochs), the SASRec that ships is that refit, made once every choice
+    on valid is taken (step 5 of the module docstring); the returned result is the refit's weights with the first
+    fit's history and best epoch.
     """
+    result, fit, full = _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasrec,
+                                          sasrec_scorer, item_categories)
+    if not (cfg.model.stages.refit_sasrec and refit_sasrec is not None):
+        return result, fit
+    started = time.perf_counter()
+    refit = refit_sasrec(result, full)
+    fit.seconds["sasrec_refit"] = time.perf_counter() - started
+    sasrec = sasrec_scorer(refit)
+    fit.blend_scorer = MultistageScorer(sasrec, fit.specs, fit.arrays, fit.blend)
+    fit.scorer = fit.ranked_scorer() if fit.ships_ranker else fit.blend_scorer
+    return _with_weights(result, refit), fit
+
+
+def _with_weights(result: Any, refit: Any) -> Any:
+    """``result`` (the fit on train: its history and best epoch) carrying ``refit``'s weights."""
+    from dataclasses import is_dataclass, replace
+
+    if is_dataclass(result):
+        return replace(result, state_dict=refit.state_dict)
+    result.state_dict = refit.state_dict
+    return result
+
+
+def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasrec, sasrec_scorer, item_categories):
+    """Steps 1-4 of the module docstring; returns SASRec's result, the fit and train + valid's sequences."""
     import ray
 
     stages_cfg = cfg.model.stages
@@ -231,7 +264,7 @@ def train_multistage(
     fit = MultistageFit(used, arrays, blend, scorer, seconds, depth=stages_cfg.ranker_depth, blend_scorer=scorer)
     if stages_cfg.ranking == "blend":
         fit.ranking = choose_ranking("blend", None)
-        return result, fit
+        return result, fit, full
 
     started = time.perf_counter()
     fit.categories = category_matrix(item_categories) if item_categories else None
@@ -262,13 +295,13 @@ def train_multistage(
                              f"users ({error}); use ranking: auto or blend") from error
         logger.warning("no ranker could be trained (%s): the blend ships", error)
         fit.ranking, fit.ranker = RankingDecision(stages_cfg.ranking, "blend", reason=f"no ranker: {error}"), None
-        return result, fit
+        return result, fit, full
     fit.activity = activity_from_events(n_items, *_events(full, full_times))
     seconds["ranker_fit"] = time.perf_counter() - started
     logger.info("ranking stage: %s", fit.ranking.to_dict())
     if fit.ships_ranker:
         fit.scorer = fit.ranked_scorer()
-    return result, fit
+    return result, fit, full
 
 
 def _events(sequences: Mapping[str, Sequence[int]], times: Mapping[str, Sequence[float]]) -> tuple[list, list]:

@@ -202,11 +202,19 @@ def _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch):
     def sasrec_scorer(result):
         return SASRecScorer(_sasrec(result), cfg.features.max_seq_len)
 
+    def refit_sasrec(result, train_and_valid):
+        # The first fit's best number of epochs, validated once after the last (the valid items are history now,
+        # so no epoch is chosen on them).
+        epochs = max(result.best_epoch, 0) + 1
+        refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs,
+                                                                                  "eval_every": epochs})})
+        return train_with_ray(refit_cfg, train_and_valid, split.valid, vocab, str(storage))
+
     with _torch_threads(cfg.train.torch_threads):
         result, fit = train_multistage(
             cfg, histories, multistage_times(events, vocab), split, vocab.n_items, titles,
             lambda: train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch),
-            sasrec_scorer, item_categories=vocab.item_categories,
+            sasrec_scorer, item_categories=vocab.item_categories, refit_sasrec=refit_sasrec,
         )
     return result, fit, titles
 

@@ -36,6 +36,7 @@ def state(tmp_path_factory, mlflow_db_template) -> dict:
         f"--set=data.simulator.n_items={cfg['data']['simulator']['n_items']}",
         f"--set=data.simulator.n_sessions={cfg['data']['simulator']['n_sessions']}",
         "--set=train.epochs=2", "--set=model.embedding_dim=32", "--set=model.n_layers=1",
+        "--set=model.stages.refit_sasrec=false",  # a second Ray Train fit per training (tests/conftest.py)
         # The monitor asks for a retrain once it has seen 20 new live events (checked every 10).
         "--set=monitor.check_every_events=10", "--set=monitor.min_new_events=20",
     ]

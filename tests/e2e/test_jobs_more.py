@@ -143,7 +143,7 @@ def state(tmp_path_factory, mlflow_db_template) -> dict:
     overrides = [
         f"paths.workspace={root / 'ws'}", "data.source=movielens", f"data.movielens.path={data}",
         "features.max_seq_len=20", "model.embedding_dim=16", "model.n_layers=1", "model.n_heads=1",
-        "train.epochs=2", "train.batch_size=64",
+        "model.stages.refit_sasrec=false", "train.epochs=2", "train.batch_size=64",
         "tune.num_samples=2", "tune.max_concurrent=2", "tune.max_epochs=1", "tune.grace_period=1",
         "tune.lr=[1e-7,2e-7]",  # v1 learns nothing, so the trained v2 beats it at the gate (module docstring)
         "tune.embedding_dim=[16,32]", "tune.n_layers=[1]", "tune.n_heads=[1]", "tune.max_seq_len=[10,20]",

@@ -95,6 +95,7 @@ def test_walkthrough_runs_data_to_drift_on_a_tiny_shop(tmp_path, mlflow_db_templ
         "epochs": 2,
         "port": free_port(),
         "extra_overrides": ["model.embedding_dim=16", "model.n_layers=1", "features.max_seq_len=20",
+                            "model.stages.refit_sasrec=false",
                             "monitor.enabled=false", "online.follow_alias_every_s=0"],
     }, tmp_path)
     summary = summary_of(nb)

@@ -31,9 +31,15 @@ def serve_cli(url: str, env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def app_status(url: str, env: dict) -> str | None:
-    proc = serve_cli(url, env, "status")
-    status = yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
-    apps = (status or {}).get("applications") or {}
+    """The aisys application's status, from the Serve REST API that `serve status` reads (what the CLI prints).
+
+    Read over HTTP, not by running `serve status`: each CLI run is a new Python importing Ray (~2 s of CPU), and
+    polling with it every 2 s competed on the 2-core box with the deploy being waited on.
+    """
+    got = httpx.get(f"{url}/api/serve/applications/", headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"},
+                    timeout=30)
+    got.raise_for_status()
+    apps = got.json().get("applications") or {}
     return (apps.get("aisys") or {}).get("status")
 
 
@@ -77,7 +83,7 @@ def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path, t
     deployed = serve_cli(url, env, "deploy", str(serve_file))
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
     try:
-        wait_until(lambda: app_status(url, env) == "RUNNING", timeout=120, what="the aisys application", every=2)
+        wait_until(lambda: app_status(url, env) == "RUNNING", timeout=120, what="the aisys application", every=0.5)
         base = f"http://127.0.0.1:{port}"
         health = httpx.get(f"{base}/healthz", timeout=10)
         assert health.status_code == 200 and health.json()["model_loaded"] is True
@@ -94,6 +100,6 @@ def test_serve_deploy_to_a_running_cluster_serves_the_champion(tmp_path: Path, t
     finally:
         stopped = serve_cli(url, env, "shutdown", "-y")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
-    wait_until(lambda: app_status(url, env) is None, timeout=60, what="serve shutdown", every=2)
+    wait_until(lambda: app_status(url, env) is None, timeout=60, what="serve shutdown", every=0.5)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/healthz", timeout=5)

@@ -46,6 +46,7 @@ def test_train_register_load_by_alias(ray_session, small_config):
     cfg.train.epochs = 6
     cfg.train.lr = 0.01
     cfg.model.dropout = 0.0
+    cfg.model.stages.refit_sasrec = True  # what ships: the shipped SASRec is refit on train + valid
 
     outcome = train_and_register(cfg, cyclic_events(), snapshot_id="snap-001")  # the default kind: multistage
 

@@ -88,3 +88,44 @@ def test_a_late_older_answer_never_overwrites_a_newer_one():
     replica._put("u", UserSession(items=("new",)), 5)
     replica._put("u", UserSession(items=("old",)), 4)
     assert replica._copy["u"][0].items == ("new",)
+
+
+def test_a_long_poll_sync_answers_at_once_on_a_change_and_waits_while_idle():
+    async def scenario():
+        shared = CountingShared()
+        writer, reader = ReplicaSessionCache(shared, 3600), ReplicaSessionCache(shared, 3600)
+        assert await reader.get("u") == EMPTY_SESSION  # takes a cursor; the user is held
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await reader.sync(wait_s=0.05) == 0  # nothing changed: held about wait_s, then an empty answer
+        assert loop.time() - started >= 0.04
+        polling = asyncio.ensure_future(reader.sync(wait_s=30))
+        await asyncio.sleep(0.01)
+        assert not polling.done()  # held while the store is idle
+        await writer.apply("u", "e1", "x", "view")
+        assert await asyncio.wait_for(polling, 5) == 1  # ... and answered as soon as an event is applied
+        assert (await reader.get("u")).items == ("x",)
+        await writer.apply("u", "e2", "y", "view")
+        assert await asyncio.wait_for(reader.sync(wait_s=30), 5) == 1  # a change already there: no wait
+        writer.stop(), reader.stop()
+
+    run(scenario())
+
+
+def test_the_background_long_poll_sync_bounds_staleness_with_few_calls_while_idle():
+    async def scenario():
+        shared = CountingShared()
+        replica_a = ReplicaSessionCache(shared, 0.01, sync_wait_s=5)
+        replica_b = ReplicaSessionCache(shared, 0.01, sync_wait_s=5)
+        await replica_b.get("new")
+        await asyncio.sleep(0.2)
+        assert replica_b.syncs <= 3  # idle: the calls wait in the store instead of one per 0.01 s
+        await replica_a.apply("new", "e1", "x", "view")
+        for _ in range(200):
+            if (await replica_b.get("new")).items == ("x",):
+                break
+            await asyncio.sleep(0.01)
+        assert (await replica_b.get("new")).items == ("x",)
+        replica_a.stop(), replica_b.stop()
+
+    run(scenario())
