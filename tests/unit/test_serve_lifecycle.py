@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 
+from aisys.serving import lifecycle
 from aisys.serving.lifecycle import (RunRecord, ServeRun, ServeStartError, TrackedProcess, clean_up_stale_run,
                                      port_holder, read_record, reap, record_path, require_free_port, write_record)
 
@@ -42,10 +43,17 @@ def _gone(tracked: list[TrackedProcess], timeout: float = 10) -> bool:
     return False
 
 
-def test_the_record_tracks_descendants_and_a_clean_stop_reaps_them_all(tmp_path):
+def test_the_record_tracks_descendants_and_a_clean_stop_reaps_them_all(tmp_path, monkeypatch):
+    # The record follows every descendant of this process, and this pytest process may also own a Ray (a session
+    # Ray started by an earlier test on the same worker): the run sees only the tree spawned here, or its reap
+    # would stop that Ray too.
+    mine: set[int] = set()
+    every_descendant = lifecycle.descendants
+    monkeypatch.setattr(lifecycle, "descendants", lambda pid: [p for p in every_descendant(pid) if p.pid in mine])
     with ServeRun(tmp_path, port=8000, refresh_s=0.1) as run:
         child = _spawn_tree()
         grandchild = psutil.Process(child.pid).children()[0]
+        mine.update({child.pid, grandchild.pid})
         grand_tracked = TrackedProcess.of(grandchild)
         record = run.refresh()
         assert {child.pid, grandchild.pid} <= {p.pid for p in record.processes}
