@@ -31,9 +31,15 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/aisys demo
 
-## Run the whole test suite (unit, ray, e2e).
+## Run the whole test suite (unit, ray, e2e): TEST_WORKERS pytest-xdist workers (2, measured on the 2-core CI
+## box), then the tests marked `serial` alone. MARK narrows both phases (a marker expression: MARK="not multinode").
+## Exit code 5 (nothing selected in a phase) is not a failure.
+TEST_WORKERS ?= 2
+MARK ?=
+and_mark = $(if $(strip $(MARK)), and ($(MARK)),)
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not serial$(and_mark)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -m "serial$(and_mark)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 ## Only the pure tests (no Ray): seconds.
 test-unit: $(STAMP)

@@ -85,16 +85,61 @@ INGRESS_ENV: dict[str, dict[str, str]] = {
 # their command line, which exec keeps).
 HAPROXY_SHIM = """#!/bin/sh
 # Written by aisys.runtime.write_haproxy_shim: adds `option http-buffer-request`
-# to the defaults of the HAProxy config Ray Serve generated, then runs HAProxy.
+# to the defaults of the HAProxy config Ray Serve generated and, when
+# AISYS_HAPROXY_SIDE_HOST is set, binds the stats page and the Prometheus
+# exporter to that host instead of every interface; then runs HAProxy.
 prev=
 for arg in "$@"; do
-  if [ "$prev" = "-f" ] && [ -f "$arg" ] && ! grep -q "option http-buffer-request" "$arg"; then
-    sed -i 's/^defaults$/defaults\\n    option http-buffer-request/' "$arg"
+  if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
+    if ! grep -q "option http-buffer-request" "$arg"; then
+      sed -i 's/^defaults$/defaults\\n    option http-buffer-request/' "$arg"
+    fi
+    if [ -n "$AISYS_HAPROXY_SIDE_HOST" ]; then
+      for port in "${RAY_SERVE_HAPROXY_STATS_PORT:-8404}" "${RAY_SERVE_HAPROXY_METRICS_PORT:-9101}"; do
+        sed -i "s/^\\([[:space:]]*bind \\)\\*\\{0,1\\}:$port\\$/\\1$AISYS_HAPROXY_SIDE_HOST:$port/" "$arg"
+      done
+    fi
   fi
   prev=$arg
 done
 exec "{binary}" "$@"
 """
+
+# Besides the app's port, Serve's HAProxy mode listens on four ports that Ray fixes per host: HAProxy's stats page
+# (8404) and Prometheus exporter (9101), both on every interface, and the Python proxy HAProxy falls back to while
+# no replica is up (8500 HTTP, 9500 gRPC). With the defaults a second HAProxy-mode Ray on the same machine (a
+# second `aisys serve` on another port, a test run beside a demo) cannot start its HAProxy. A private Ray gets
+# free ports for each, and the stats page and exporter bound to loopback (AISYS_HAPROXY_SIDE_HOST, read by the
+# shim); an operator's explicit value wins. On a cluster they are set in the environment of `ray start`.
+HAPROXY_SIDE_PORTS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
+HAPROXY_SIDE_HOST_ENV = "AISYS_HAPROXY_SIDE_HOST"
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at the moment of asking (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def private_haproxy_environment(environ: dict[str, str] | None = None, pick_port=free_tcp_port) -> dict[str, str]:
+    """Put free side ports and a loopback side host for a private Ray's HAProxy into ``environ``
+    (``os.environ``), keeping any already set; return those set (see ``HAPROXY_SIDE_PORTS``)."""
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for key in HAPROXY_SIDE_PORTS:
+        if key not in environ:
+            environ[key] = applied[key] = str(pick_port())
+    if HAPROXY_SIDE_HOST_ENV not in environ:
+        environ[HAPROXY_SIDE_HOST_ENV] = applied[HAPROXY_SIDE_HOST_ENV] = "127.0.0.1"
+    return applied
 
 
 def bundled_haproxy() -> str:
@@ -311,6 +356,8 @@ def init_ray(cfg: AppConfig, **extra: Any):
         for key, value in PRIVATE_RAY_ENV.items():
             os.environ.setdefault(key, value)
         apply_ingress_environment(cfg.serve.ingress)
+        if cfg.serve.ingress == "haproxy":
+            private_haproxy_environment()
         ray.init(
             num_cpus=cfg.ray.num_cpus,
             num_gpus=cfg.ray.num_gpus,

@@ -5,6 +5,7 @@ database per session copied into every workspace that needs an empty one."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -166,13 +167,60 @@ def _run_head_users_together(items: list[pytest.Item]) -> None:
     items[:] = others[:first] + users + others[first:]
 
 
+def _uses_head(item: pytest.Item | None) -> bool:
+    return item is not None and "shared_token_head" in item.fixturenames
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     try:
         return (yield)
     finally:
-        if item.session.stash.get(_LAST_HEAD_USER, None) is item:
+        # Serially the last user is known from the collection; under xdist a worker runs only some of it, but the
+        # head's users reach one worker as one block (``HeadUsersTogether``), so the block ends where the next
+        # item needs no head. A head closed too early is restarted by the next lease.
+        last = item.session.stash.get(_LAST_HEAD_USER, None) is item
+        block_ends = _uses_head(item) and not _uses_head(nextitem)
+        if (last or block_ends) and _SHARED_HEAD in item.session.stash:
             item.session.stash[_SHARED_HEAD].close()
+
+
+# --- pytest-xdist (`make test` runs two workers, one per core) ---------------------------------------------------
+# The serial suite left ~40% of the 2 cores idle: most tests wait on one single-threaded process at a time (a job
+# driver, a Ray Train worker, a subprocess importing torch). Work goes out by module, so module fixtures are set
+# up once, and every module that leases the shared token-auth head goes to one worker as one unit, so only one
+# head is started per run. Tests marked `serial` (their figures are rates or tails that a neighbour would skew)
+# run afterwards on their own (the Makefile's second phase).
+_HEAD_USER = re.compile(r"def \w+\([^)]*?\b(?:shared_)?token_head\b")
+_HEAD_SCOPE = "shared-token-head"
+
+
+def _module_leases_head(path: Path, cache: dict[Path, bool]) -> bool:
+    if path not in cache:
+        try:
+            cache[path] = bool(_HEAD_USER.search(path.read_text()))
+        except OSError:
+            cache[path] = False
+    return cache[path]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HeadUsersTogether(LoadScopeScheduling):
+        """Module scopes, except that the modules leasing the shared head form one scope."""
+
+        _cache: dict[Path, bool] = {}
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            if _module_leases_head(Path(config.rootpath) / module, self._cache):
+                return _HEAD_SCOPE
+            return module
+
+    config.option.loadscopereorder = False  # keep the collection's order (longest first), not "most tests first"
+    return HeadUsersTogether(config, log)
 
 
 # `slow` marks the tests that take more than ~SLOW_AFTER_S on the 2-core CI machine (their own Ray or server in a
@@ -183,8 +231,23 @@ SLOW_AFTER_S = 20.0
 _SLOW_ITEMS = pytest.StashKey[set]()
 
 
+# Under xdist, work goes out in collection order (see ``pytest_xdist_make_scheduler``): the longest directories
+# first, so the many short unit modules fill the gaps at the end instead of two long e2e modules closing the run
+# one worker at a time (serial suite, 2026-12-06: e2e 505 s, ray 290 s, reliability 223 s, unit 56 s).
+_XDIST_ORDER = ("tests/e2e/", "tests/ray/", "tests/reliability/", "tests/unit/")
+
+
+def _longest_first(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(_XDIST_ORDER) if item.nodeid.startswith(prefix)), len(_XDIST_ORDER))
+
+    items.sort(key=rank)  # stable: each directory keeps its own order
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # an xdist worker: its collection is the order work is handed out in
+        _longest_first(items)
     _run_head_users_together(items)
     config.stash[_SLOW_ITEMS] = {item.nodeid for item in items if item.get_closest_marker("slow")}
 

@@ -207,6 +207,7 @@ class SharedTokenHead:
                 self._head.stop()
                 self._head = None
             if self._close_when_released:
+                self._close_when_released = False
                 self.close()
 
     def close(self) -> None:

@@ -17,6 +17,16 @@ from tests.e2e.cluster_helpers import commit_events
 
 pytestmark = pytest.mark.ray
 
+# Ray Train's PlacementGroupCleaner actor looks its controller up through Ray's state API, which finds "the" local
+# Ray by scanning the machine's GCS processes: with another Ray on the host (the second test worker's) it logs
+# "Found multiple active Ray instances" with a traceback from inside Ray. That one is Ray's, not ours.
+RAY_NEIGHBOUR_NOISE = "Found multiple active Ray instances"
+
+
+def unexpected_tracebacks(err: str) -> list[str]:
+    """The tracebacks in ``err`` other than Ray's neighbour noise (each up to the next traceback)."""
+    return [block[:500] for block in err.split("Traceback")[1:] if RAY_NEIGHBOUR_NOISE not in block]
+
 
 def test_train_twice_promotes_the_first_and_refuses_a_worse_second(ray_session, small_config, tmp_path, capsys):
     cfg = small_config
@@ -30,7 +40,7 @@ def test_train_twice_promotes_the_first_and_refuses_a_worse_second(ray_session, 
     assert get_model_info(cfg, "champion")["version"] == "1"
     # Epochs reached the driver while the run went on: one plain line per epoch here (stderr is not a terminal).
     assert "aisys train: epoch 3/3 (100%) loss " in first.err
-    assert "Traceback" not in first.err
+    assert unexpected_tracebacks(first.err) == []
 
     # A barely trained model: the gate must refuse it and say why; it stays registered.
     code = main(["train", "--config", str(config_file), "--set", "train.epochs=1", "--set", "train.lr=0.000001"])

@@ -87,6 +87,7 @@ def replica_counters(url: str, ops_key: str) -> list[dict]:
     return list(seen.values())
 
 
+@pytest.mark.serial  # a 5% band on a rate: a neighbouring test's load moves it
 def test_sixteen_http_clients_get_what_the_limit_allows_within_5_percent(serving):
     url, limited, ops = serving
     with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": ops}) as client:

@@ -99,6 +99,7 @@ def test_an_unreachable_actor_is_counted_as_degraded_and_the_local_bucket_limits
     recorded = []
     monkeypatch.setattr("aisys.monitoring.metrics.record_rate_limiter_degraded", lambda: recorded.append(1))
     clock = FakeClock()
+    monkeypatch.setattr("ray.is_initialized", lambda: False)  # even if another test in this process started Ray
     limiter = RayRateLimiter(clock=clock)  # Ray is not running: every actor call fails
     limiter.on_degraded = ServingTelemetry().rate_limiter_degraded  # what a replica wires (deployment.py)
     decisions = [limiter.acquire("k", 1.0, 3) for _ in range(5)]
