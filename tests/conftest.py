@@ -185,9 +185,10 @@ def pytest_runtest_teardown(item, nextitem):
             item.session.stash[_SHARED_HEAD].close()
 
 
-# --- pytest-xdist (`make test` runs two workers, one per core) ---------------------------------------------------
-# The serial suite left ~40% of the 2 cores idle: most tests wait on one single-threaded process at a time (a job
-# driver, a Ray Train worker, a subprocess importing torch). Work goes out by module, so module fixtures are set
+# --- pytest-xdist (`make test TEST_WORKERS=2`; the default is one process, measured faster on 2 cores) -------------
+# The serial suite leaves part of the cores idle (most tests wait on one single-threaded process at a time: a job
+# driver, a Ray Train worker, a subprocess importing torch), but two workers on 2 cores ran slower (two private Rays
+# and their replicas oversubscribe them); on more cores the workers pay. Work goes out by module, so module fixtures are set
 # up once, and every module that leases the shared token-auth head goes to one worker as one unit, so only one
 # head is started per run. Tests marked `serial` (their figures are rates or tails that a neighbour would skew)
 # run afterwards on their own (the Makefile's second phase).
