@@ -264,7 +264,7 @@ def run_demo(cfg: AppConfig, console=None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     try:
-        from aisys.cli.progress import StageProgress
+        from aisys.progress import StageProgress
 
         console.print(f"5/5 live traffic over HTTP: {live.num_rows} events, each after a recommendation request")
         with StageProgress(console, "aisys demo", "request", None) as bar:

@@ -2,22 +2,22 @@
 
 A stage composition over :mod:`aisys.pipeline` and serving (its own row of the package map, beside the loop,
 below the faces that call it): the offline protocol's split
-(:mod:`aisys.evaluation.protocol`) decides what the model may see and what it is tested on; training is
+(:mod:`aisys.quality.protocol`) decides what the model may see and what it is tested on; training is
 :func:`aisys.training.pipeline.train_model`, the function `aisys train` runs (or
 :func:`aisys.pipeline.train_and_register` with ``register``); every test user's top-100 comes from the serving
 :class:`~aisys.serving.recommender.Recommender` (the object a Serve replica holds), one
 :class:`~aisys.serving.recommender.ScoreRequest` per user with ``now`` = the time of the user's first event after
 their known history, so the gap feature is the one a replica would compute. The metrics are those of
-:mod:`aisys.evaluation.ranking` on those lists, so the offline figures are the served model's figures.
+:mod:`aisys.quality.ranking` on those lists, so the offline figures are the served model's figures.
 
 What training sees, per split:
 
 - ``loo``: every event. Training makes the same leave-last-one-out split (one rule,
-  :func:`~aisys.evaluation.protocol.leave_last_one_out`): SASRec and the blend see ``h[:-2]`` and the valid item
+  :func:`~aisys.quality.protocol.leave_last_one_out`): SASRec and the blend see ``h[:-2]`` and the valid item
   ``h[-2]``, the closed-form generators are refit on ``h[:-1]``; nothing is fit on the test item ``h[-1]``.
 - ``temporal``: the events up to the protocol's cut (ties in train), exactly what a snapshot taken at the cut holds;
   training splits them leave-last-one-out internally to tune the blend. The test targets are each user's new items
-  after the cut (:func:`~aisys.evaluation.protocol.temporal_task`).
+  after the cut (:func:`~aisys.quality.protocol.temporal_task`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aisys.config import AppConfig
-from aisys.evaluation.protocol import (
+from aisys.quality.protocol import (
     EvalTask,
     Interactions,
     interactions_from_events,
@@ -40,7 +40,7 @@ from aisys.evaluation.protocol import (
     temporal_cut,
     time_order,
 )
-from aisys.evaluation.ranking import UserMetrics, summarize, user_metrics
+from aisys.quality.ranking import UserMetrics, summarize, user_metrics
 from aisys.schemas import TIMESTAMP_TYPE
 
 EXPORT_DEPTH = 100
@@ -128,7 +128,7 @@ def served_lists(recommender: Any, data: Interactions, task: EvalTask, depth: in
 
 def list_metrics(ids: Sequence[Sequence[str]], data: Interactions, task: EvalTask,
                  k: int = K) -> tuple[dict[str, float], UserMetrics]:
-    """The protocol's metrics (:func:`aisys.evaluation.ranking.user_metrics`) of ranked id lists.
+    """The protocol's metrics (:func:`aisys.quality.ranking.user_metrics`) of ranked id lists.
 
     A list becomes a score vector: its items score ``len(list) .. 1`` in order, every other item 0, and a target
     off the list -inf, so it ranks after every other candidate (with lists of ``EXPORT_DEPTH`` >= ``k`` items,

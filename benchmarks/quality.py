@@ -59,7 +59,7 @@ from aisys.evaluation.runner import (
     load_movielens_interactions,
     ml100k_config,
 )
-from aisys.evaluation.segments import demographics_from_table, segment_metrics
+from aisys.quality.segments import demographics_from_table, segment_metrics
 
 from quality_shipped import SHIPPED, print_stage_table, run_shipped, stage_table
 

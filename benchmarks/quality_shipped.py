@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from aisys.config import AppConfig, load_config
-from aisys.evaluation.protocol import interactions_from_events, split_tasks
+from aisys.quality.protocol import interactions_from_events, split_tasks
 
 SHIPPED = "shipped"
 METRICS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10")

@@ -44,8 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from aisys.evaluation.protocol import EvalTask, item_popularity, split_tasks
-from aisys.evaluation.ranking import summarize, user_metrics
+from aisys.quality.protocol import EvalTask, item_popularity, split_tasks
+from aisys.quality.ranking import summarize, user_metrics
 from aisys.evaluation.runner import (
     SPLITS,
     CachedSASRec,

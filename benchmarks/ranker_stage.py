@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from aisys.config import load_config
-from aisys.evaluation.protocol import EvalTask, item_popularity, split_tasks
-from aisys.evaluation.ranking import summarize, user_metrics
+from aisys.quality.protocol import EvalTask, item_popularity, split_tasks
+from aisys.quality.ranking import summarize, user_metrics
 from aisys.evaluation.runner import (
     CachedSASRec,
     load_item_titles,

@@ -45,7 +45,7 @@ def main() -> None:
     from dataclasses import replace
 
     from aisys.config import load_config
-    from aisys.evaluation.protocol import EvalSet, leave_one_out_tasks
+    from aisys.quality.protocol import EvalSet, leave_one_out_tasks
     from aisys.evaluation.runner import ML100K_PRESET, load_movielens_interactions
     from aisys.features.sequences import Vocabulary
     from aisys.models.sasrec import SASRecConfig

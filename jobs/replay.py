@@ -88,7 +88,7 @@ if __name__ == "__main__":
 
     from rich.console import Console
 
-    from aisys.cli.progress import StageProgress
+    from aisys.progress import StageProgress
 
     total = 2 * live.num_rows + args.requests + 2  # per event a GET and a POST, the extra GETs, /model, /healthz
 

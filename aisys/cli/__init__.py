@@ -6,7 +6,7 @@
   demo); ``tune``/``promote``/``rollback`` live in :mod:`aisys.cli.model_verbs`, ``keys`` in
   :mod:`aisys.cli.access_verbs` (with ``sessions``);
 - :mod:`aisys.cli.errors`: the exit codes and the exception -> (code, message) mapping;
-- :mod:`aisys.cli.progress`: bars on a terminal, plain periodic lines elsewhere.
+- :mod:`aisys.progress`: bars on a terminal, plain periodic lines elsewhere.
 
 Heavy imports (Ray, torch, MLflow) happen inside the verbs, so ``aisys --help`` is instant.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aisys.cli.console import err, out, quiet_registry, start_ray
 from aisys.cli.errors import EXIT_OK
-from aisys.cli.progress import PhasedProgress
+from aisys.progress import PhasedProgress
 from aisys.config import AppConfig
 
 COLUMNS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10", "n_users")

@@ -21,7 +21,7 @@ EXIT_REFUSED = 3  # aisys.cli.errors.EXIT_REFUSED (LookupError -> 4, LockTimeout
 def cmd_tune(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Ray Tune sweep (ASHA) over SASRec settings on a lake snapshot; register the best as challenger."""
     from aisys.cli.console import err, is_verbose, quiet_registry, start_ray
-    from aisys.cli.progress import PhasedProgress
+    from aisys.progress import PhasedProgress
     from aisys.tuning.sweep import run_sweep
 
     quiet_registry(args)
@@ -60,7 +60,7 @@ def _stdout_to_devnull() -> Iterator[None]:
 def cmd_promote(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Gate a registered version (default: the challenger) against the champion; promote it if it passes."""
     from aisys.cli.console import err, quiet_registry
-    from aisys.cli.progress import PhasedProgress
+    from aisys.progress import PhasedProgress
     from aisys.registry.promotion import promote
 
     quiet_registry(args)

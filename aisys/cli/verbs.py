@@ -12,7 +12,7 @@ from typing import Callable
 
 from aisys.cli.console import err, out, quiet_registry, start_ray
 from aisys.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
-from aisys.cli.progress import PhasedProgress, format_metrics
+from aisys.progress import PhasedProgress, format_metrics
 from aisys.config import AppConfig
 
 EVALUATE_MODELS = (

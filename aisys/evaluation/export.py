@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from aisys.config import AppConfig
-from aisys.evaluation.protocol import Interactions, interactions_from_events
+from aisys.quality.protocol import Interactions, interactions_from_events
 from aisys.evaluation.runner_settings import EXPORT_DEPTH
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def top_items(scores: np.ndarray, histories: list[list[int]], depth: int = EXPOR
     Known-history items and padding are never listed; a user with fewer than
     ``depth`` candidates gets 0 (no item) in the remaining columns.
     """
-    from aisys.evaluation.ranking import masked_scores
+    from aisys.quality.ranking import masked_scores
 
     masked = masked_scores(scores, histories)
     depth = min(depth, masked.shape[1] - 1)

@@ -56,8 +56,8 @@ from aisys.evaluation.export import (  # noqa: F401 (re-exported)
     write_export,
 )
 from aisys.evaluation.fit_cache import CachedSASRec  # noqa: F401 (re-exported)
-from aisys.evaluation.protocol import EvalTask, Interactions, item_popularity, split_tasks
-from aisys.evaluation.ranking import UserMetrics
+from aisys.quality.protocol import EvalTask, Interactions, item_popularity, split_tasks
+from aisys.quality.ranking import UserMetrics
 from aisys.evaluation.runner_settings import (  # noqa: F401 (re-exported)
     BASELINE_GRIDS,
     BLEND_WEIGHTS,

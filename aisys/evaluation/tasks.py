@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from aisys.evaluation.protocol import EvalTask, Interactions, item_popularity, time_order
-from aisys.evaluation.ranking import UserMetrics, summarize, user_metrics
+from aisys.quality.protocol import EvalTask, Interactions, item_popularity, time_order
+from aisys.quality.ranking import UserMetrics, summarize, user_metrics
 from aisys.evaluation.runner_settings import K
 from aisys.models.baselines import Recommender
 from aisys.models.context_blend import request_gaps

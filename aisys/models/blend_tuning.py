@@ -95,7 +95,7 @@ def blend_z_scores(z_scores: Sequence[np.ndarray], row_weights: np.ndarray) -> n
 
 
 class _ValidSet:
-    """The valid users' z-scores stacked once, with the ranking rules of :mod:`aisys.evaluation.ranking`."""
+    """The valid users' z-scores stacked once, with the ranking rules of :mod:`aisys.quality.ranking`."""
 
     def __init__(self, z: Sequence[np.ndarray], targets: np.ndarray, exclude: Sequence[Sequence[int]], k: int):
         finite = np.logical_and.reduce([np.isfinite(m) for m in z])

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from aisys.evaluation.ranking import user_metrics
+from aisys.quality.ranking import user_metrics
 from aisys.features.candidates import CandidateFeatures, candidate_features
 from aisys.models.blend_tuning import BlendChoice
 from aisys.models.ranker import (

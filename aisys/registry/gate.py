@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from aisys.config import GateConfig
-from aisys.evaluation.ranking import per_user_rank_metrics
+from aisys.quality.ranking import per_user_rank_metrics
 
 K = 10
 COVERAGE = f"coverage@{K}"

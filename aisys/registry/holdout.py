@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from aisys.evaluation.segments import HEAD_SHARE, TORSO_SHARE
+from aisys.quality.segments import HEAD_SHARE, TORSO_SHARE
 from aisys.registry.gate import EvalReport, nonfinite_tensors
 
 K = 10
@@ -91,7 +91,7 @@ def build_holdout(
     ``extra_segments`` maps a segment name to ``{user_id: bucket}`` (users missing from it get ``unknown``).
     """
     from aisys.features.sequences import build_vocabulary, user_histories
-    from aisys.evaluation.protocol import leave_last_one_out
+    from aisys.quality.protocol import leave_last_one_out
 
     from aisys.features.context import seconds_since_last_event, user_history_times
 
@@ -134,14 +134,14 @@ def evaluate_on_holdout(
     ``uses_request_time``, the rule of the serving Recommender) or a next-item model (``score_next(windows)``, fed
     the recent windows).
     Returns ``(metrics, segments, ranks)``: the first two in the gate's shape, and each holdout user's 0-based
-    target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.evaluation.ranking` (history
+    target rank (a miss ranks at the catalogue size), which lets the gate pair users across models. Rules as in :mod:`aisys.quality.ranking` (history
     excluded, ties pessimistic) plus: a NaN score ranks last (a NaN never compares, so it would otherwise beat
     the target), and a target outside the model's vocabulary is a miss. Coverage and popularity are measured
     in the snapshot's catalogue, the same yardstick for every model.
     """
     from aisys.features.sequences import recent_window
     from aisys.training.loop import score_windows
-    from aisys.evaluation.ranking import summarize_ranks, target_ranks, top_k_items
+    from aisys.quality.ranking import summarize_ranks, target_ranks, top_k_items
 
     index = {item: i for i, item in enumerate(item_ids) if i > 0}
     catalogue_index = {item: i + 1 for i, item in enumerate(holdout.catalogue)}

@@ -6,7 +6,7 @@
    current champion (``cfg.registry.champion_alias``; none is fine);
 2. build **one** holdout from a lake snapshot (latest by default; :mod:`aisys.registry.holdout`): each user's
    last interaction as target after the rest, i.e. the test part of
-   :func:`~aisys.evaluation.protocol.leave_last_one_out`, with segments computed from the events (user activity,
+   :func:`~aisys.quality.protocol.leave_last_one_out`, with segments computed from the events (user activity,
    target-item popularity) plus any ``extra_segments`` (gender, age band, ...);
 3. evaluate both models on it with full ranking in the snapshot's item-id space (each model maps ids through its
    own vocabulary; a target a model does not know is a miss), so the numbers are comparable;

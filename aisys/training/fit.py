@@ -35,7 +35,7 @@ from aisys.training.loop import epoch_seed, evaluate, iterate_batches, seed_ever
 
 if TYPE_CHECKING:
     from aisys.config import AppConfig, TrainConfig
-    from aisys.evaluation.protocol import EvalSet
+    from aisys.quality.protocol import EvalSet
 
 SELECT_METRIC = "valid_ndcg@10"
 RESUMED_FROM = "resumed_from_epoch"  # history column: the checkpoint's epoch this attempt started from (-1: none)

@@ -6,7 +6,7 @@ every position is the item that follows it. Loss is a full softmax
 (cross-entropy over all items) at every non-padding position.
 :func:`aisys.training.fit.fit_sasrec` composes these parts into the one epoch
 loop that Ray Train, Tune trials, the evaluation runner and the benchmarks run;
-:func:`evaluate` scores a model with the metrics of :mod:`aisys.evaluation.ranking`.
+:func:`evaluate` scores a model with the metrics of :mod:`aisys.quality.ranking`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aisys.features.sequences import recent_window
-from aisys.evaluation.protocol import EvalSet
-from aisys.evaluation.ranking import summarize_ranks, target_ranks, top_k_items
+from aisys.quality.protocol import EvalSet
+from aisys.quality.ranking import summarize_ranks, target_ranks, top_k_items
 
 
 def seed_everything(seed: int) -> None:
@@ -206,7 +206,7 @@ def evaluate(
     exclude_history: bool = True,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics (see :mod:`aisys.evaluation.ranking`) of ``model`` on ``eval_set``.
+    """Full-ranking metrics (see :mod:`aisys.quality.ranking`) of ``model`` on ``eval_set``.
 
     ``model`` is a SASRec (or DDP-wrapped one) or anything with
     ``score_next(windows) -> (B, n_items + 1)`` such as ``PopularityModel``.

@@ -103,7 +103,7 @@ def score_sessions_metrics(
 ) -> dict[str, float]:
     """Full-ranking metrics of a scorer (``score_sessions``) on users with these histories, targets and gaps
     (and request times ``now_s``, for a scorer that reads them: ``uses_request_time``)."""
-    from aisys.evaluation.ranking import summarize_ranks, target_ranks, top_k_items
+    from aisys.quality.ranking import summarize_ranks, target_ranks, top_k_items
 
     if not len(histories):
         raise ValueError("no user to evaluate")

@@ -33,7 +33,7 @@ from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
 from aisys.training.loop import evaluate
-from aisys.evaluation.protocol import leave_last_one_out
+from aisys.quality.protocol import leave_last_one_out
 
 EVAL_K = 10
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from aisys.config import AppConfig
-from aisys.evaluation.protocol import EvalSet
+from aisys.quality.protocol import EvalSet
 from aisys.features.sequences import Vocabulary
 from aisys.models.sasrec import SASRecConfig
 from aisys.training.fit import (

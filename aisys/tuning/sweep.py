@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 
 from aisys.config import AppConfig
-from aisys.evaluation.protocol import EvalSet
+from aisys.quality.protocol import EvalSet
 from aisys.models.sasrec import SASRecConfig
 from aisys.training.fit import EpochEnd, FitSettings, fit_sasrec, validation_metrics
 from aisys.training.loop import training_examples
@@ -179,7 +179,7 @@ def sweep_events(
     """
     from aisys.features.sequences import build_vocabulary, user_histories
     from aisys.runtime import init_ray
-    from aisys.evaluation.protocol import leave_last_one_out
+    from aisys.quality.protocol import leave_last_one_out
 
     started = time.perf_counter()
     vocab = build_vocabulary(events, cfg.features.event_weights)

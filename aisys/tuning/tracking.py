@@ -16,7 +16,7 @@ from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
 from aisys.training.loop import evaluate
-from aisys.evaluation.protocol import EvalSet
+from aisys.quality.protocol import EvalSet
 
 EVAL_K = 10
 

@@ -70,7 +70,7 @@ def _log_offline_metrics(cfg, events, version: str) -> dict[str, float]:
     from aisys.models.sasrec import build_model
     from aisys.registry.mlflow_registry import configure_mlflow, load_bundle, mlflow_metric_name
     from aisys.training.loop import evaluate
-    from aisys.evaluation.protocol import leave_last_one_out
+    from aisys.quality.protocol import leave_last_one_out
 
     bundle, info = load_bundle(cfg, version=version)
     vocab = build_vocabulary(events, cfg.features.event_weights)

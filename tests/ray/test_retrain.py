@@ -37,7 +37,7 @@ from aisys.monitoring.profile import build_profile
 from aisys.registry.mlflow_registry import get_model_info, log_and_register
 from aisys.schemas import EVENT_SCHEMA
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.evaluation.protocol import leave_last_one_out
+from aisys.quality.protocol import leave_last_one_out
 from tests.e2e.cluster_helpers import commit_events
 
 pytestmark = pytest.mark.ray

@@ -119,7 +119,7 @@ def test_two_worker_ddp_run_resumes_from_its_latest_checkpoint(ray_session, smal
     """DDP over 2 workers, then a re-created trainer with the same run name continues the run."""
     from aisys.features.sequences import build_vocabulary, user_histories
     from aisys.training.ray_train import train_with_ray
-    from aisys.evaluation.protocol import leave_last_one_out
+    from aisys.quality.protocol import leave_last_one_out
 
     cfg = small_config
     cfg.train.num_workers = 2

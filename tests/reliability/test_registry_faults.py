@@ -43,7 +43,7 @@ from aisys.registry.mlflow_registry import configure_mlflow, get_model_info, log
 from aisys.registry.champion import champion_history
 from aisys.registry.promotion import DECISION_TAG, promote, rollback
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.evaluation.protocol import leave_last_one_out
+from aisys.quality.protocol import leave_last_one_out
 from tests.conftest import small_config_dict
 from tests.e2e.cluster_helpers import commit_events
 from tests.reliability.conftest import report_figure

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aisys.evaluation.protocol import EvalTask, Interactions, leave_one_out_tasks, temporal_tasks
+from aisys.quality.protocol import EvalTask, Interactions, leave_one_out_tasks, temporal_tasks
 from aisys.models.baselines import RecentPopularity, SequentialLinear, blend_many
 from aisys.models.context_blend import ContextBlend, blend_by_bucket, gap_buckets, request_gaps
 
@@ -145,7 +145,7 @@ def tiny_movielens_for_blends(tmp_path, monkeypatch):
     from aisys.config import load_config
     from aisys.data.movielens import read_grouplens, read_item_ids
     from aisys.evaluation import blends, runner
-    from aisys.evaluation.protocol import interactions_from_events
+    from aisys.quality.protocol import interactions_from_events
     from tests.unit.test_evaluate_cli import write_grouplens
 
     monkeypatch.setattr(blends, "RECENCY_BLEND_WEIGHTS", (0.0, 1.0))

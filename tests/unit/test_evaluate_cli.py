@@ -111,7 +111,7 @@ def test_unknown_model_and_missing_data_are_messages_not_tracebacks(tmp_path, ca
 
 def test_runner_reports_the_blends_sasrec_alone_and_refits_fixed_settings(tmp_path):
     from aisys.config import load_config
-    from aisys.evaluation.protocol import interactions_from_events
+    from aisys.quality.protocol import interactions_from_events
     from aisys.data.movielens import read_grouplens, read_item_ids
     from aisys.evaluation.runner import evaluate_model
 

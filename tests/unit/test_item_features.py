@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aisys.evaluation.protocol import EvalTask
+from aisys.quality.protocol import EvalTask
 from aisys.models.context_blend import ContextBlend
 from aisys.models.item_features import TitleSimilarity, title_similarity, title_tokens
 from tests.unit.test_context_blend import Fixed, tiny_movielens_for_blends

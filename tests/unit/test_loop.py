@@ -10,7 +10,7 @@ from aisys.training.loop import (
     train_epoch,
     training_examples,
 )
-from aisys.evaluation.protocol import EvalSet
+from aisys.quality.protocol import EvalSet
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from aisys.evaluation.ranking import rank_metrics, target_ranks, top_k_items
+from aisys.quality.ranking import rank_metrics, target_ranks, top_k_items
 
 
 def test_hand_computed_ranks_and_averages():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aisys.config import StagesConfig
-from aisys.evaluation.ranking import rank_metrics
+from aisys.quality.ranking import rank_metrics
 from aisys.models.baselines import standardize_rows
 from aisys.models.blend_tuning import (
     CONTEXT_GAP_THRESHOLDS,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from aisys.config import load_config
-from aisys.evaluation.protocol import leave_last_one_out
+from aisys.quality.protocol import leave_last_one_out
 from aisys.training.multistage import train_multistage
 
 N_ITEMS = 12

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aisys.evaluation.protocol import (
+from aisys.quality.protocol import (
     Interactions,
     catalogue,
     interactions_from_events,
@@ -114,8 +114,8 @@ def test_item_popularity_counts_train_interactions_per_index():
 # --------------------------------------------------------------------------- ranking
 
 
-from aisys.evaluation.ranking import ranking_metrics, user_metrics  # noqa: E402
-from aisys.evaluation.ranking import rank_metrics  # noqa: E402
+from aisys.quality.ranking import ranking_metrics, user_metrics  # noqa: E402
+from aisys.quality.ranking import rank_metrics  # noqa: E402
 
 
 def test_known_history_is_not_ranked_and_the_target_always_is():

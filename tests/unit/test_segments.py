@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aisys.evaluation.ranking import user_metrics
-from aisys.evaluation.segments import (
+from aisys.quality.ranking import user_metrics
+from aisys.quality.segments import (
     activity_bucket,
     age_band,
     demographics_from_table,

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aisys.evaluation.protocol import interactions_from_events, split_tasks
-from aisys.evaluation.ranking import ranking_metrics
+from aisys.quality.protocol import interactions_from_events, split_tasks
+from aisys.quality.ranking import ranking_metrics
 from aisys.schemas import EVENT_SCHEMA
 from aisys.serving.recommender import Recommendation, ScoredItem
 from aisys.shipped_evaluation import (

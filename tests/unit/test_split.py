@@ -1,4 +1,4 @@
-from aisys.evaluation.protocol import leave_last_one_out
+from aisys.quality.protocol import leave_last_one_out
 
 
 def test_leave_last_one_out_per_user():

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from aisys.evaluation.ranking import UserMetrics
+from aisys.quality.ranking import UserMetrics
 
 AGE_BANDS: tuple[tuple[int, str], ...] = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54"))
 OLDEST_BAND = "55+"
@@ -99,7 +99,7 @@ def segment_metrics(
 ) -> pd.DataFrame:
     """Metrics per segment of every dimension (see module doc) as a DataFrame.
 
-    ``per_user`` is :func:`aisys.evaluation.ranking.user_metrics` on the same
+    ``per_user`` is :func:`aisys.quality.ranking.user_metrics` on the same
     ``users``/``histories``/``targets``; ``demographics`` maps user id to a
     record with ``gender`` and ``age`` (users missing from it are ``unknown``);
     ``popularity`` is the train popularity per item index.
