@@ -13,17 +13,10 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from aisys.loadgen.stats import percentile
+
 DEFAULT_WINDOW_S = 60.0
 MAX_SAMPLES = 50_000  # bounds memory under a flood; the rate is then a floor
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-quantile (0..1) by nearest rank; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))
-    return ordered[rank]
 
 
 class RequestWindow:
@@ -57,8 +50,8 @@ class RequestWindow:
             "window_s": self.window_s,
             "requests": len(samples),
             "rate_per_s": len(samples) / span,
-            "p50_ms": percentile(latencies, 0.5),
-            "p95_ms": percentile(latencies, 0.95),
+            "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95),
             "error_share": errors / len(samples) if samples else None,
             "scope": "this replica",
         }

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import httpx
 
+from aisys.loadgen.stats import percentile
+
 N_POST_EVERY = 10  # 1 request in 10 is a POST /events
 HAPROXY_LINE = re.compile(
     r" (?P<server>\S+/\S+) (?P<timers>\S+) (?P<status>-?\d+) \d+ \S+ \S+ (?P<term>\S{4}) "
@@ -116,13 +118,6 @@ T0 = time.perf_counter()
 def progress(what: str) -> None:
     """One line on stderr per phase, with the seconds since start (the test shows them when it fails)."""
     print(f"[driver {time.perf_counter() - T0:6.1f}s] {what}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class OpenLoop:
@@ -274,6 +269,10 @@ async def scenario(args, cfg, url: str, key: str) -> dict:
     return {**summarise(load, killed_at, replaced_s, victim, before, after), "cpu_s_by_process": cpu}
 
 
+def _rounded(value: float | None, scale: float = 1.0) -> float | None:
+    return None if value is None else round(value * scale, 1)
+
+
 def summarise(load: OpenLoop, killed_at: float, replaced_s: float | None, victim: str, before, after) -> dict:
     outcomes = load.outcomes
     ok = [o for o in outcomes if o["outcome"] in ("200", "202")]
@@ -292,9 +291,9 @@ def summarise(load: OpenLoop, killed_at: float, replaced_s: float | None, victim
         "target_rate": load.rate,
         "achieved_rate": round((len(sends) - 1) / span, 1) if len(sends) > 1 else 0.0,
         "duration_s": round(span, 1),
-        "send_lateness_p99_ms": round(percentile(lateness, 0.99) * 1000, 1),
+        "send_lateness_p99_ms": _rounded(percentile(lateness, 99), 1000),
         "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
-        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "p99_ms": _rounded(percentile(latencies, 99)),
         "max_ms": round(max(latencies), 1) if latencies else None,
         "sent_before_kill": sum(o["scheduled"] < killed_at for o in outcomes),
         "replaced_s": None if replaced_s is None else round(replaced_s, 1),
