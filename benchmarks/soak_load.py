@@ -1,22 +1,23 @@
 """The soak benchmark's load: who it is for (a user population, some users new), the request mix with each
 kind's expected statuses, and the open-loop sender with its per-window tallies.
 
-The sender is soak's own rather than :func:`aisys.loadgen.http.open_loop`: it mixes methods and bodies (events,
-bad input, oversized bodies, unknown keys), judges each answer against its kind's expected statuses, hands out a
-window of tallies on every sample and stops on a signal; the shared generator sends GETs of fixed paths. The
-percentiles are the shared ones (:mod:`aisys.loadgen.stats`).
+The schedule is the shared one (:func:`aisys.loadgen.http.send_on_schedule`, as for ``open_loop`` and the
+replica-kill test); what is soak's own is what it sends and how it judges: a mix of methods and bodies (events,
+bad input, oversized bodies, unknown keys), each answer judged against its kind's expected statuses, a window of
+tallies handed out on every sample. The percentiles are the shared ones (:mod:`aisys.loadgen.stats`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from aisys.loadgen.http import Outcome, ScheduleStats, Send
 from aisys.loadgen.stats import percentile
 from soak_measure import classify_status
 
@@ -175,40 +176,38 @@ class Load:
         self.status_totals: Counter = Counter()
         self.kind_status: Counter = Counter()
         self.error_samples: list[str] = []
-        self.skipped = 0  # sends skipped because max_in_flight requests were still open (counted, not hidden)
         self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.stats = ScheduleStats()
+
+    @property
+    def skipped(self) -> int:
+        """Sends skipped because max_in_flight requests were still open (counted, not hidden)."""
+        return self.stats.skipped
 
     def take_window(self) -> Window:
         window, self.window = self.window, Window()
         return window
 
-    async def _send(self, session, req: Request, scheduled: float) -> None:
+    def _request(self, n: int) -> Send:
+        req = self.maker.next()
         headers = {"X-API-Key": req.key} if req.key else {}
-        status: int | None = None
-        error = ""
-        try:
-            kwargs: dict[str, Any] = {"params": req.params, "headers": headers}
-            if req.raw_body is not None:
-                kwargs["data"] = req.raw_body
-                headers["Content-Type"] = "application/json"
-            elif req.body is not None:
-                kwargs["json"] = req.body
-            async with session.request(req.method, self.base_url + req.path, **kwargs) as resp:
-                body = await resp.read()
-                status = resp.status
-                if status >= 500 or status not in req.expected:
-                    error = f"{req.kind} {req.method} {req.path} -> {status}: {body[:160]!r}"
-        except Exception as err:  # refused, reset, timed out: the server under test failed to answer
-            error = f"{req.kind} {req.method} {req.path} -> {type(err).__name__}: {err}"
-        finally:
-            self.in_flight -= 1
-        latency = time.perf_counter() - scheduled
+        if req.raw_body is not None:
+            headers["Content-Type"] = "application/json"
+        return Send(req.method, self.base_url + req.path, json=req.body, data=req.raw_body, params=req.params,
+                    headers=headers, tag=req)
+
+    def _record(self, out: Outcome) -> None:
+        req: Request = out.request.tag
+        status, error = out.status, ""
+        if status is None:  # refused, reset, timed out: the server under test failed to answer
+            error = f"{req.kind} {req.method} {req.path} -> {out.error_text}"
+        elif status >= 500 or status not in req.expected:
+            error = f"{req.kind} {req.method} {req.path} -> {status}: {out.body[:160]!r}"
         cls = classify_status(status, req.expected)
         w = self.window
-        w.latencies.append(latency)
+        w.latencies.append(out.latency)
         if req.kind == "recommend":
-            w.rec_latencies.append(latency)
+            w.rec_latencies.append(out.latency)
         w.statuses["transport" if status is None else status] += 1
         w.classes[cls] += 1
         w.by_kind[req.kind] += 1
@@ -222,33 +221,10 @@ class Load:
                 self.error_samples.append(error[:300])
 
     async def run(self, duration_s: float, stop: asyncio.Event) -> None:
-        import aiohttp
+        """Send for ``duration_s`` (by schedule) or until ``stop`` is set, then wait for what is in flight."""
+        from aisys.loadgen.http import client_session, send_on_schedule
 
-        connector = aiohttp.TCPConnector(limit=128, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(total=30)
-        tasks: set[asyncio.Task] = set()
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            t0 = time.perf_counter()
-            i = 0
-            while not stop.is_set():
-                scheduled = t0 + i / self.rate
-                if scheduled - t0 >= duration_s:
-                    break
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                        break
-                    except asyncio.TimeoutError:
-                        pass
-                i += 1
-                req = self.maker.next()
-                if self.in_flight >= self.max_in_flight:
-                    self.skipped += 1
-                    continue
-                self.in_flight += 1
-                task = asyncio.create_task(self._send(session, req, scheduled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.wait(tasks, timeout=35)
+        async with client_session(limit=128, timeout_s=30) as session:
+            await send_on_schedule(session, self.rate, self._request, self._record, should_stop=stop.is_set,
+                                   limit=math.ceil(duration_s * self.rate - 1e-9), max_in_flight=self.max_in_flight,
+                                   drain_timeout_s=35, stats=self.stats)

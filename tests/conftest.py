@@ -19,7 +19,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 # Ray Train's controller polls its workers every 2 s by default, and a fit waits out several polls between starting
 # its workers and returning. At 0.5 s the three Ray Train test files (7 fits) took 124 s instead of 164 s on the
 # 2-core box (2026-12-05). Every Ray the suite starts inherits it (the session Ray, the token-auth heads, the
-# subprocesses that start their own): a test setting, never the product's.
+# subprocesses that start their own). `init_ray` sets the same three for the private Ray it starts
+# (`aisys.runtime.PRIVATE_RAY_ENV`); here they also reach the Rays the tests start without it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Two Ray Train helpers a laptop test never needs: the spot-preemption watcher (one more actor process per fit)
 # and Ray Train's own Prometheus metrics. A tiny fit took 12-15 s with them off against 17-21 s on (3 fits each,

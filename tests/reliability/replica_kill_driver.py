@@ -6,16 +6,16 @@ process already holds the suite's Ray::
 
     python -m tests.reliability.replica_kill_driver --root /tmp/x [--ingress haproxy] [--rate 200]
 
-It starts a private Ray (2 CPUs, 256 MiB object store, a short temp dir), registers a small untrained champion
-over a 12-user shop snapshot, serves it with 2 replicas and the gateway, then sends requests on a fixed
-schedule (open loop: request ``i`` is sent at ``start + i / rate`` whatever the answers do; 9 in 10 are
-``GET /recommendations``, 1 in 10 a ``POST /events`` with its own ``event_id``). No request is retried by the
-client. ``--kill-at-s`` into the load one replica is killed (``ray.kill(no_restart=True)``); the load goes on
-``--after-s`` seconds after Serve reports 2 RUNNING replicas again, one of them new. The output line
-(``RESULT {...}``) holds: sent, ok, failed by status or exception, the achieved send rate, latency
-percentiles (from each request's scheduled time, so a stall counts in full), replaced_s, and the checks that
-no event was applied twice (session store) and what the collector file holds. With ``--ingress haproxy``,
-HAProxy's own log lines (syslog over a unix socket this script reads) say which requests it retried.
+It starts a private Ray (2 CPUs, 256 MiB object store, a short temp dir), registers a small untrained champion over
+a 12-user shop snapshot, serves it with 2 replicas and the gateway, then sends requests on a fixed schedule (open
+loop: request ``i`` is sent at ``start + i / rate`` whatever the answers, by the shared ``send_on_schedule``; 9 in
+10 are ``GET /recommendations``, 1 in 10 a ``POST /events`` with its own ``event_id``). No request is retried.
+``--kill-at-s`` into the load one replica is killed (``ray.kill(no_restart=True)``); the load goes on ``--after-s``
+seconds after Serve reports 2 RUNNING replicas again, one of them new. The output line (``RESULT {...}``) holds:
+sent, ok, failed by status or exception, the achieved send rate, latency percentiles (from each request's scheduled
+time, so a stall counts in full), replaced_s, and the checks that no event was applied twice (session store) and
+what the collector file holds. With ``--ingress haproxy``, HAProxy's own log lines (syslog on a unix socket) say
+which requests it retried.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from pathlib import Path
 
 import httpx
 
+from aisys.loadgen.http import Outcome, Send, client_session, send_on_schedule
 from aisys.loadgen.stats import percentile
 
 N_POST_EVERY = 10  # 1 request in 10 is a POST /events
 HAPROXY_LINE = re.compile(
     r" (?P<server>\S+/\S+) (?P<timers>\S+) (?P<status>-?\d+) \d+ \S+ \S+ (?P<term>\S{4}) "
-    r"(?P<conns>\S+/\S+/\S+/\S+/(?P<retries>\+?\d+)) \S+ \"(?P<method>\S+) (?P<path>\S+)"
-)
+    r"(?P<conns>\S+/\S+/\S+/\S+/(?P<retries>\+?\d+)) \S+ \"(?P<method>\S+) (?P<path>\S+)")
 
 
 class SyslogReader:
@@ -121,7 +121,7 @@ def progress(what: str) -> None:
 
 
 class OpenLoop:
-    """Send request ``i`` at ``start + i / rate`` until stopped; record each outcome; never retry.
+    """Request ``i`` at ``start + i / rate`` until stopped (shared ``send_on_schedule``), each outcome kept, no retry.
 
     aiohttp, not httpx: measured here, an httpx AsyncClient spent 5.7 ms of CPU per request at 150 requests/s
     (more than a replica), which on a 2-core box starved the very servers under test.
@@ -131,44 +131,23 @@ class OpenLoop:
         self.session, self.rate, self.n_users, self.n_items = session, rate, n_users, n_items
         self.stop_at: float | None = None
         self.outcomes: list[dict] = []
-        self.tasks: set[asyncio.Task] = set()
-        self.started = 0.0
 
-    async def one(self, i: int, scheduled: float) -> None:
-        import aiohttp
+    def request(self, i: int) -> Send:
+        user, post = f"user{i % self.n_users}", i % N_POST_EVERY == N_POST_EVERY - 1
+        tag = {"i": i, "post": post, "user": user}
+        if not post:
+            return Send("GET", f"/recommendations/{user}", params={"k": "5"}, tag=tag)
+        event = {"event_id": f"rk-{i}", "user_id": user, "item_id": f"item{(i // N_POST_EVERY) % self.n_items:02d}",
+                 "event_type": "view"}
+        return Send("POST", "/events", json=event, tag=tag)
 
-        user = f"user{i % self.n_users}"
-        sent = time.perf_counter()
-        post = i % N_POST_EVERY == N_POST_EVERY - 1
-        try:
-            if post:
-                item = f"item{(i // N_POST_EVERY) % self.n_items:02d}"
-                request = self.session.post("/events", json={
-                    "event_id": f"rk-{i}", "user_id": user, "item_id": item, "event_type": "view"})
-            else:
-                request = self.session.get(f"/recommendations/{user}", params={"k": "5"})
-            async with request as response:
-                await response.read()
-                outcome = str(response.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            outcome = type(err).__name__
-        done = time.perf_counter()
-        self.outcomes.append({"i": i, "post": post, "user": user, "outcome": outcome, "scheduled": scheduled,
-                              "sent": sent, "latency": done - scheduled})
+    def record(self, out: Outcome) -> None:
+        self.outcomes.append({**out.request.tag, "outcome": out.outcome, "scheduled": out.scheduled,
+                              "sent": out.sent, "latency": out.latency})
 
     async def run(self) -> None:
-        self.started = time.perf_counter()
-        i = 0
-        while self.stop_at is None or time.perf_counter() < self.stop_at:
-            scheduled = self.started + i / self.rate
-            # Always yield, even when behind: the requests, and whoever sets stop_at, run on this loop.
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            task = asyncio.create_task(self.one(i, scheduled))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-            i += 1
-        if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=60)
+        await send_on_schedule(self.session, self.rate, self.request, self.record, drain_timeout_s=60,
+                               should_stop=lambda: self.stop_at is not None and time.perf_counter() >= self.stop_at)
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -179,13 +158,11 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
     seen = {}
     for proc in [me, *me.children(recursive=True)]:
         try:
-            times = proc.cpu_times()
             name = proc.name() if proc.pid != me.pid else "load driver"
-            if name.startswith("ray::ServeReplica"):
-                name = "ray::ServeReplica"
-            seen[proc.pid] = (name, times.user + times.system)
+            name = "ray::ServeReplica" if name.startswith("ray::ServeReplica") else name
+            seen[proc.pid] = (name, sum(proc.cpu_times()[:2]))  # user + system
         except psutil.Error:
-            continue
+            pass
     return seen
 
 
@@ -236,12 +213,7 @@ async def scenario(args, cfg, url: str, key: str) -> dict:
     before = await asyncio.to_thread(replica_names, ray, DEPLOYMENT_NAME)
     assert len(before) == 2, before
     victim = sorted(before)[0]
-    import aiohttp
-
-    async with aiohttp.ClientSession(
-        base_url=url, headers={"X-API-Key": key}, connector=aiohttp.TCPConnector(limit=1000),
-        timeout=aiohttp.ClientTimeout(total=args.request_timeout_s),
-    ) as session:
+    async with client_session({"X-API-Key": key}, 1000, args.request_timeout_s, base_url=url) as session:
         load = OpenLoop(session, args.rate, N_USERS, N_ITEMS)
         cpu_before = cpu_seconds()
         runner = asyncio.create_task(load.run())
@@ -401,16 +373,13 @@ def run(args, ray_tmp: Path) -> dict:
 
     torch.set_num_threads(1)
     cfg = config_from_dict(small_config_dict(args.root), "replica kill driver")
-    cfg.ray.num_cpus = 2
-    cfg.ray.object_store_memory_mb = 256
+    cfg.ray.num_cpus, cfg.ray.object_store_memory_mb = 2, 256
     cfg.serve.ingress = args.ingress
-    cfg.serve.port = free_port()
-    cfg.serve.num_replicas = 2
+    cfg.serve.port, cfg.serve.num_replicas = free_port(), 2
     cfg.serve.access_log = False  # 200 log lines a second on a 2-core box
     cfg.online.latency_budget_ms = 5000  # a busy box must not trigger the budget fallback here
     events = shop_events()
-    snapshot_id = commit_snapshot(cfg, events)
-    register_untrained(cfg, events, snapshot_id)
+    register_untrained(cfg, events, commit_snapshot(cfg, events))
     key = create_key(FileKeyStore(keys_file_path(cfg)), "load", ["admin"], rate_limit_per_s=1e6,
                      rate_limit_burst=1_000_000)
     progress("snapshot and champion registered")
@@ -421,8 +390,7 @@ def run(args, ray_tmp: Path) -> dict:
     started_s = time.perf_counter() - began
     progress(f"serving at {url}")
     result = asyncio.run(scenario(args, cfg, url, key))
-    posts_by_user = result.pop("_ok_posts_by_user")
-    result.update(asyncio.run(event_checks(cfg, posts_by_user, N_USERS, LENGTH)))
+    result.update(asyncio.run(event_checks(cfg, result.pop("_ok_posts_by_user"), N_USERS, LENGTH)))
     result.update({"ingress": args.ingress, "serve_started_s": round(started_s, 1)})
     return result
 
