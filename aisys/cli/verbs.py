@@ -98,6 +98,8 @@ def cmd_snapshots(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 TRAIN_STEPS = {
     "train": None,  # the epoch bar
+    "choose": "fitting the generators, tuning the blend and choosing the ranking stage on valid",
+    "refit": "refitting SASRec on train + valid for the best number of epochs",
     "evaluate": "evaluating the model and popularity on the test split",
     "register": "logging the run and registering the model in MLflow",
     "gate": "gating the new version against the champion on the snapshot's holdout",

@@ -90,7 +90,7 @@ def train_model(
 
     ``on_epoch(row)`` gets each epoch's history row as it finishes
     (:func:`~aisys.training.ray_train.train_with_ray`); ``on_step(name)`` is told when a step starts
-    (``train``, ``evaluate``).
+    (``train``, and for the multi-stage model ``choose`` and ``refit``, then ``evaluate``).
     """
     step = on_step or (lambda name: None)
     from aisys.training.ray_train import train_with_ray
@@ -107,7 +107,8 @@ def train_model(
     step("train")
     multistage = None
     if cfg.model.kind == "multistage":
-        result, multistage, titles = _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch)
+        result, multistage, titles = _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch,
+                                                        step)
     else:
         result = train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch)
     step("evaluate")
@@ -189,8 +190,12 @@ def multistage_times(events: pa.Table, vocab: Any) -> dict[str, list[float]]:
     return user_history_times(events, vocab.item_index())
 
 
-def _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch):
-    """SASRec on Ray Train beside the closed-form generators on Ray tasks, then the blend (training/multistage.py)."""
+def _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch, step=lambda name: None):
+    """SASRec on Ray Train beside the closed-form generators on Ray tasks, then the blend (training/multistage.py).
+
+    ``step`` is told ``choose`` when SASRec's fit returns (the blend and the ranking stage are chosen on valid) and
+    ``refit`` when the SASRec refit on train + valid starts, so a progress display does not sit on the last epoch.
+    """
     from aisys.models.multistage import SASRecScorer
     from aisys.runtime import init_ray
     from aisys.training.multistage import train_multistage
@@ -208,13 +213,18 @@ def _train_multistage(cfg, events, vocab, histories, split, storage, on_epoch):
         epochs = max(result.best_epoch, 0) + 1
         refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs,
                                                                                   "eval_every": epochs})})
+        step("refit")
         return train_with_ray(refit_cfg, train_and_valid, split.valid, vocab, str(storage))
+
+    def train_sasrec():
+        result = train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch)
+        step("choose")
+        return result
 
     with _torch_threads(cfg.train.torch_threads):
         result, fit = train_multistage(
             cfg, histories, multistage_times(events, vocab), split, vocab.n_items, titles,
-            lambda: train_with_ray(cfg, split.train, split.valid, vocab, str(storage), on_epoch=on_epoch),
-            sasrec_scorer, item_categories=vocab.item_categories, refit_sasrec=refit_sasrec,
+            train_sasrec, sasrec_scorer, item_categories=vocab.item_categories, refit_sasrec=refit_sasrec,
         )
     return result, fit, titles
 

@@ -48,7 +48,11 @@ def test_train_register_load_by_alias(ray_session, small_config):
     cfg.model.dropout = 0.0
     cfg.model.stages.refit_sasrec = True  # what ships: the shipped SASRec is refit on train + valid
 
-    outcome = train_and_register(cfg, cyclic_events(), snapshot_id="snap-001")  # the default kind: multistage
+    steps: list[str] = []
+    outcome = train_and_register(cfg, cyclic_events(), snapshot_id="snap-001",  # the default kind: multistage
+                                 on_step=steps.append)
+    # A progress display hears of every step after the epochs: the choice on valid and the refit included.
+    assert steps == ["train", "choose", "refit", "evaluate", "register"], steps
 
     # A real sequential pattern: the model must clearly beat popularity.
     assert outcome.metrics["hr@10"] > 0.8

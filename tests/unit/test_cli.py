@@ -201,11 +201,15 @@ def test_training_callbacks_print_epochs_with_their_metrics():
         on_step("train")
         on_epoch({"epoch": 0, "loss": 4.3263, "valid_ndcg@10": 0.4104, "epoch_s": 0.1})
         on_epoch({"epoch": 1, "loss": 4.2509, "valid_ndcg@10": 0.4913, "epoch_s": 0.1})
+        on_step("choose")
+        on_step("refit")
         on_step("gate")
     text = buffer.getvalue()
     assert "aisys train: epoch 0/2 (0%) starting Ray Train workers" in text
     assert "aisys train: epoch 1/2 (50%) loss 4.3263 valid_ndcg@10 0.4104" in text
     assert "aisys train: epoch 2/2 (100%) loss 4.2509 valid_ndcg@10 0.4913" in text
+    assert "aisys train: fitting the generators, tuning the blend and choosing the ranking stage on valid" in text
+    assert "aisys train: refitting SASRec on train + valid" in text
     assert "aisys train: gating the new version against the champion" in text
 
 
