@@ -16,8 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ranker as rb  # noqa: E402  (benchmarks/ranker.py)
 from aisys.evaluation import runner as R  # noqa: E402
-from aisys.quality.protocol import EvalTask, split_tasks  # noqa: E402
 from aisys.models.ranker import RankerSettings  # noqa: E402
+from aisys.quality.protocol import EvalTask, split_tasks  # noqa: E402
 
 
 def main(split: str, fit_cache: str, cache_dir: str) -> None:

@@ -45,10 +45,10 @@ def main() -> None:
     from dataclasses import replace
 
     from aisys.config import load_config
-    from aisys.quality.protocol import EvalSet, leave_one_out_tasks
     from aisys.evaluation.runner import ML100K_PRESET, load_movielens_interactions
     from aisys.features.sequences import Vocabulary
     from aisys.models.sasrec import SASRecConfig
+    from aisys.quality.protocol import EvalSet, leave_one_out_tasks
     from aisys.runtime import init_ray
     from aisys.training.fit import FitSettings, fit_sasrec
     from aisys.training.loop import training_examples

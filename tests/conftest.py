@@ -12,21 +12,17 @@ from pathlib import Path
 import pytest
 
 from aisys.config import AppConfig, config_from_dict
+from aisys.runtime import PRIVATE_RAY_ENV
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
-# Ray Train's controller polls its workers every 2 s by default, and a fit waits out several polls between starting
-# its workers and returning. At 0.5 s the three Ray Train test files (7 fits) took 124 s instead of 164 s on the
-# 2-core box (2026-12-05). Every Ray the suite starts inherits it (the session Ray, the token-auth heads, the
-# subprocesses that start their own). `init_ray` sets the same three for the private Ray it starts
-# (`aisys.runtime.PRIVATE_RAY_ENV`); here they also reach the Rays the tests start without it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-# Two Ray Train helpers a laptop test never needs: the spot-preemption watcher (one more actor process per fit)
-# and Ray Train's own Prometheus metrics. A tiny fit took 12-15 s with them off against 17-21 s on (3 fits each,
-# measured on a busy box: a rough figure).
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+# What `init_ray` sets for the private Ray it starts (`aisys.runtime.PRIVATE_RAY_ENV`: Ray Train's 0.5 s poll,
+# its preemption watcher and metrics off, the GCS task-event cap) also reaches the Rays the tests start without
+# it: the session Ray, the token-auth heads, the subprocesses that start their own. The Ray Train poll alone took
+# the three Ray Train test files (7 fits) from 164 s to 124 s on the 2-core box (2026-12-05).
+for _name, _value in PRIVATE_RAY_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def pytest_addoption(parser):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aisys.cli.console import err, out, quiet_registry, start_ray
 from aisys.cli.errors import EXIT_OK
-from aisys.progress import PhasedProgress
 from aisys.config import AppConfig
+from aisys.progress import PhasedProgress
 
 COLUMNS = ("hr@10", "ndcg@10", "mrr@10", "coverage@10", "popularity@10", "n_users")
 

@@ -12,8 +12,8 @@ from typing import Callable
 
 from aisys.cli.console import err, out, quiet_registry, start_ray
 from aisys.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_REFUSED
-from aisys.progress import PhasedProgress, format_metrics
 from aisys.config import AppConfig
+from aisys.progress import PhasedProgress, format_metrics
 
 EVALUATE_MODELS = (
     "sasrec", "pop", "itemknn", "ease", "bpr", "recentpop", "ease-recency", "slit", "sasrec+ease",

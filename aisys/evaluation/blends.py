@@ -16,10 +16,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aisys.evaluation.fit_cache import CachedSASRec
-from aisys.quality.protocol import EvalTask, item_popularity
-from aisys.quality.ranking import summarize, user_metrics
 from aisys.evaluation.runner_settings import BASELINE_GRIDS, BLEND_WEIGHTS, K, SELECT_METRIC
 from aisys.evaluation.sequential import SASRecRecommender, SequentialSettings
+from aisys.quality.protocol import EvalTask, item_popularity
+from aisys.quality.ranking import summarize, user_metrics
 from aisys.models.baselines import (
     EASE,
     RecentPopularity,

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from aisys.config import AppConfig
-from aisys.quality.protocol import Interactions, interactions_from_events
 from aisys.evaluation.runner_settings import EXPORT_DEPTH
+from aisys.quality.protocol import Interactions, interactions_from_events
 
 if TYPE_CHECKING:
     from aisys.evaluation.runner import EvaluationResult

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from aisys.quality.protocol import EvalTask, Interactions, item_popularity, time_order
-from aisys.quality.ranking import UserMetrics, summarize, user_metrics
 from aisys.evaluation.runner_settings import K
 from aisys.models.baselines import Recommender
 from aisys.models.context_blend import request_gaps
+from aisys.quality.protocol import EvalTask, Interactions, item_popularity, time_order
+from aisys.quality.ranking import UserMetrics, summarize, user_metrics
 from aisys.schemas import TIMESTAMP_TYPE
 
 # Interaction timestamps are int64 in the event schema's unit (microseconds); models take seconds.

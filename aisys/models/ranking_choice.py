@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from aisys.quality.ranking import user_metrics
 from aisys.features.candidates import CandidateFeatures, candidate_features
 from aisys.models.blend_tuning import BlendChoice
+from aisys.quality.ranking import user_metrics
 from aisys.models.ranker import (
     ONLINE_RANKER_FEATURE_SET,
     LearnedRanker,

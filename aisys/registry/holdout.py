@@ -140,8 +140,8 @@ def evaluate_on_holdout(
     in the snapshot's catalogue, the same yardstick for every model.
     """
     from aisys.features.sequences import recent_window
-    from aisys.training.loop import score_windows
     from aisys.quality.ranking import summarize_ranks, target_ranks, top_k_items
+    from aisys.training.loop import score_windows
 
     index = {item: i for i, item in enumerate(item_ids) if i > 0}
     catalogue_index = {item: i + 1 for i, item in enumerate(holdout.catalogue)}

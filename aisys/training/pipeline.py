@@ -32,8 +32,8 @@ from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
-from aisys.training.loop import evaluate
 from aisys.quality.protocol import leave_last_one_out
+from aisys.training.loop import evaluate
 
 EVAL_K = 10
 logger = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from aisys.config import AppConfig
-from aisys.quality.protocol import EvalSet
 from aisys.features.sequences import Vocabulary
 from aisys.models.sasrec import SASRecConfig
+from aisys.quality.protocol import EvalSet
 from aisys.training.fit import (
     RESUMED_FROM,
     SELECT_METRIC,

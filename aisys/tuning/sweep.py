@@ -30,8 +30,8 @@ import pyarrow as pa
 import torch
 
 from aisys.config import AppConfig
-from aisys.quality.protocol import EvalSet
 from aisys.models.sasrec import SASRecConfig
+from aisys.quality.protocol import EvalSet
 from aisys.training.fit import EpochEnd, FitSettings, fit_sasrec, validation_metrics
 from aisys.training.loop import training_examples
 from aisys.tuning.tracking import log_sweep, register_best
@@ -178,8 +178,8 @@ def sweep_events(
     ``verbose`` is Tune's own console verbosity (0: silent).
     """
     from aisys.features.sequences import build_vocabulary, user_histories
-    from aisys.runtime import init_ray
     from aisys.quality.protocol import leave_last_one_out
+    from aisys.runtime import init_ray
 
     started = time.perf_counter()
     vocab = build_vocabulary(events, cfg.features.event_weights)

@@ -15,8 +15,8 @@ from aisys.features.sequences import Vocabulary
 from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
-from aisys.training.loop import evaluate
 from aisys.quality.protocol import EvalSet
+from aisys.training.loop import evaluate
 
 EVAL_K = 10
 

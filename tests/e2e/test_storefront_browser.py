@@ -68,9 +68,9 @@ def _log_offline_metrics(cfg, events, version: str) -> dict[str, float]:
     from aisys.features.sequences import build_vocabulary, user_histories
     from aisys.models.popularity import PopularityModel
     from aisys.models.sasrec import build_model
+    from aisys.quality.protocol import leave_last_one_out
     from aisys.registry.mlflow_registry import configure_mlflow, load_bundle, mlflow_metric_name
     from aisys.training.loop import evaluate
-    from aisys.quality.protocol import leave_last_one_out
 
     bundle, info = load_bundle(cfg, version=version)
     vocab = build_vocabulary(events, cfg.features.event_weights)

@@ -10,8 +10,8 @@ import yaml
 
 import aisys.shipped_evaluation as shipped
 from aisys.cli import main
-from aisys.quality.protocol import interactions_from_events, split_tasks
 from aisys.data.movielens import read_grouplens, read_item_ids
+from aisys.quality.protocol import interactions_from_events, split_tasks
 from aisys.serving.recommender import Recommender, ScoreRequest
 from aisys.serving.session_store import UserSession
 from tests.conftest import small_config_dict

@@ -31,13 +31,13 @@ from aisys.loop.retrain import (
 )
 from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig, cpu_state_dict
-from aisys.monitoring.monitor_actor import DriftMonitor
 from aisys.monitoring.audit import InMemoryAuditLog
+from aisys.monitoring.monitor_actor import DriftMonitor
 from aisys.monitoring.profile import build_profile
+from aisys.quality.protocol import leave_last_one_out
 from aisys.registry.mlflow_registry import get_model_info, log_and_register
 from aisys.schemas import EVENT_SCHEMA
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.quality.protocol import leave_last_one_out
 from tests.e2e.cluster_helpers import commit_events
 
 pytestmark = pytest.mark.ray

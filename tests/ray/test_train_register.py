@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from aisys.models.multistage import build_scorer
+from aisys.pipeline import train_and_register
 from aisys.registry.mlflow_registry import get_model_info, load_bundle, set_alias
 from aisys.schemas import EVENT_SCHEMA
-from aisys.pipeline import train_and_register
 
 pytestmark = pytest.mark.ray
 
@@ -122,8 +122,8 @@ def test_train_register_load_by_alias(ray_session, small_config):
 def test_two_worker_ddp_run_resumes_from_its_latest_checkpoint(ray_session, small_config, tmp_path):
     """DDP over 2 workers, then a re-created trainer with the same run name continues the run."""
     from aisys.features.sequences import build_vocabulary, user_histories
-    from aisys.training.ray_train import train_with_ray
     from aisys.quality.protocol import leave_last_one_out
+    from aisys.training.ray_train import train_with_ray
 
     cfg = small_config
     cfg.train.num_workers = 2

@@ -39,11 +39,11 @@ from aisys.data.simulator import simulate_events
 from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.models.bundle import ModelBundle
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig, cpu_state_dict
-from aisys.registry.mlflow_registry import configure_mlflow, get_model_info, log_and_register
+from aisys.quality.protocol import leave_last_one_out
 from aisys.registry.champion import champion_history
+from aisys.registry.mlflow_registry import configure_mlflow, get_model_info, log_and_register
 from aisys.registry.promotion import DECISION_TAG, promote, rollback
 from aisys.training.loop import iterate_batches, seed_everything, train_epoch, training_examples
-from aisys.quality.protocol import leave_last_one_out
 from tests.conftest import small_config_dict
 from tests.e2e.cluster_helpers import commit_events
 from tests.reliability.conftest import report_figure

@@ -22,9 +22,9 @@ import torch
 from aisys.data.simulator import simulate_events
 from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.models.sasrec import SASRec, SASRecConfig
+from aisys.quality.protocol import leave_last_one_out
 from aisys.training.loop import evaluate, seed_everything
 from aisys.training.ray_train import RESUMED_FROM, train_with_ray
-from aisys.quality.protocol import leave_last_one_out
 from tests.reliability.conftest import report_figure
 
 pytestmark = [pytest.mark.reliability, pytest.mark.ray, pytest.mark.slow]  # three Ray Train runs

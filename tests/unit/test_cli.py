@@ -57,8 +57,8 @@ from pathlib import Path  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from aisys.cli.errors import EXIT_CODES, classify  # noqa: E402
-from aisys.progress import Heartbeat, PhasedProgress, StageProgress  # noqa: E402
 from aisys.cli.verbs import train_progress  # noqa: E402
+from aisys.progress import Heartbeat, PhasedProgress, StageProgress  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 AISYS = [sys.executable, "-m", "aisys.cli"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aisys.quality.protocol import EvalTask, Interactions, leave_one_out_tasks, temporal_tasks
 from aisys.models.baselines import RecentPopularity, SequentialLinear, blend_many
 from aisys.models.context_blend import ContextBlend, blend_by_bucket, gap_buckets, request_gaps
+from aisys.quality.protocol import EvalTask, Interactions, leave_one_out_tasks, temporal_tasks
 
 US = 1_000_000  # the event schema's timestamps are microseconds
 

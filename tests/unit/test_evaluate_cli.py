@@ -111,9 +111,9 @@ def test_unknown_model_and_missing_data_are_messages_not_tracebacks(tmp_path, ca
 
 def test_runner_reports_the_blends_sasrec_alone_and_refits_fixed_settings(tmp_path):
     from aisys.config import load_config
-    from aisys.quality.protocol import interactions_from_events
     from aisys.data.movielens import read_grouplens, read_item_ids
     from aisys.evaluation.runner import evaluate_model
+    from aisys.quality.protocol import interactions_from_events
 
     folder = write_grouplens(tmp_path / "ml")
     data = interactions_from_events(read_grouplens(folder), read_item_ids(folder))

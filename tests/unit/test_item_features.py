@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aisys.quality.protocol import EvalTask
 from aisys.models.context_blend import ContextBlend
 from aisys.models.item_features import TitleSimilarity, title_similarity, title_tokens
+from aisys.quality.protocol import EvalTask
 from tests.unit.test_context_blend import Fixed, tiny_movielens_for_blends
 
 # Index 0 is the padding. Three franchises (1-2, 3-4, 5-6); 7-12 share no word with anything.

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from aisys.config import StagesConfig
-from aisys.quality.ranking import rank_metrics
 from aisys.models.baselines import standardize_rows
+from aisys.quality.ranking import rank_metrics
 from aisys.models.blend_tuning import (
     CONTEXT_GAP_THRESHOLDS,
     CONTEXT_MIN_GAIN,

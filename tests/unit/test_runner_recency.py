@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aisys.quality.protocol import Interactions, leave_one_out_tasks, temporal_tasks
 from aisys.evaluation.runner import _sequential_model, task_times
 from aisys.evaluation.sequential import SASRecRecommender
 from aisys.models.baselines import EASE, RecentPopularity, SequentialLinear, WeightedBlend
+from aisys.quality.protocol import Interactions, leave_one_out_tasks, temporal_tasks
 
 US = 1_000_000  # the event schema's timestamps are microseconds
 
@@ -58,8 +58,8 @@ def test_blend_settings_rebuild_sasrec_alone_or_blended_with_ease_and_recent_pop
 def test_recency_blend_is_tuned_on_valid_cached_and_refit_with_the_same_sasrec(tmp_path):
     from aisys.config import load_config
     from aisys.data.movielens import read_grouplens, read_item_ids
-    from aisys.quality.protocol import interactions_from_events
     from aisys.evaluation.runner import evaluate_model
+    from aisys.quality.protocol import interactions_from_events
     from tests.unit.test_evaluate_cli import write_grouplens
 
     folder = write_grouplens(tmp_path / "ml")
