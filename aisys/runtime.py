@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from aisys.config import AppConfig
@@ -379,8 +380,13 @@ def init_ray(cfg: AppConfig, **extra: Any):
     return ray
 
 
-def kill_named_actor(name: str, namespace: str) -> bool:
-    """Kill the named (detached) actor; ``False`` when there is none (Ray must be up)."""
+def kill_named_actor(name: str, namespace: str, release_timeout_s: float = 10.0) -> bool:
+    """Kill the named (detached) actor; ``False`` when there is none (Ray must be up).
+
+    ``ray.kill`` only asks the GCS to kill it; the name stays registered until the death is processed. We wait
+    (up to ``release_timeout_s``) until the name is free, so a caller that recreates the actor next, or asks
+    whether it is gone, never gets the dying one back.
+    """
     import ray
 
     try:
@@ -388,4 +394,11 @@ def kill_named_actor(name: str, namespace: str) -> bool:
     except ValueError:
         return False
     ray.kill(handle)
+    deadline = time.monotonic() + release_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            break
+        time.sleep(0.05)
     return True
