@@ -27,9 +27,8 @@ import yaml
 from tests.conftest import small_config_dict
 from tests.e2e.cluster_helpers import (alive_nodes, free_port, start_token_head, start_worker_node, tiny_events,
                                       wait_until)
+from tests.e2e.conftest import BUCKET
 from tests.e2e.test_jobs_more import Jobs
-from tests.e2e.test_mlflow_postgres import mlflow_server, postgres_url  # noqa: F401 - fixtures
-from tests.e2e.test_s3 import BUCKET, s3_endpoint  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.multinode]
 

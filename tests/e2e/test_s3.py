@@ -15,44 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from aisys.config import config_from_dict
 from aisys.data.lake import Lake
 from tests.conftest import seed_mlflow_db, small_config_dict
-from tests.e2e.cluster_helpers import (BIN, REPO, commit_events, free_port, tiny_events, train_tiny_champion,
-                                      wait_until)
+from tests.e2e.cluster_helpers import REPO, commit_events, tiny_events, train_tiny_champion
+from tests.e2e.conftest import BUCKET
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-BUCKET = "aisys-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory) -> str:
-    """``moto_server`` on a free port (in memory), stopped after the module."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(endpoint, timeout=2).status_code < 500, timeout=30, what="moto_server")
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch):
-    """AWS credentials for the test server, a fresh bucket, and a boto3 client to inspect it."""
+    """AWS credentials for the session's S3 server (``s3_endpoint``), ``BUCKET`` (made by its first user), and a
+    boto3 client to inspect it. Each test keeps to its own prefix of the shared bucket."""
     import boto3
 
     # moto accepts any credentials; boto3 (MLflow's artifact client) refuses to sign without some.
