@@ -154,29 +154,3 @@ def test_shift_is_detected_retrained_promoted_and_served_without_failures(ray_se
     print(f"\nclosed loop: detected after {detected_after} shifted events; served v{v2} "
           f"{served_at - detected_at:.1f} s after detection ({served_at - onset:.1f} s after onset); "
           f"retrain {record.seconds}; {len(results)} reads, 0 failed")
-
-
-def test_the_controller_runs_the_retrain_as_a_ray_job_on_a_token_cluster(small_config, tmp_path, token_head):
-    """On a cluster the same retrain runs as `jobs/retrain.py` through JobSubmissionClient; its outcome comes
-    back from the job's logs and the registry shows the promotion."""
-    from aisys.monitoring.monitor_actor import DriftMonitor
-
-    cfg = small_config
-    cfg.train.epochs = 3
-    cfg.train.lr = 5e-3
-    before, _ = split_at_shift(SimulatorConfig(**SIM))
-    first = commit(cfg, before)
-    v1 = register_weak_champion(cfg, before, first)
-    monitor = DriftMonitor(cfg, build_profile(before.to_pandas(), snapshot_id=first, model_version=v1),
-                           link_reports_to_mlflow=False)
-    url, _env, token = token_head  # the session's shared token-auth head (tests/conftest.py)
-    controller = RetrainController(cfg, submit="job", monitor=monitor, ingest=False, job_address=url,
-                                   job_headers={"Authorization": f"Bearer {token}"}, job_timeout_s=300)
-    record = controller.request_retrain("job-mode check")
-    assert record.mode == "job" and record.error is None, record.error
-    outcome = record.outcome
-    assert outcome["promoted"], outcome["reasons"]
-    assert outcome["trigger"] == "manual" and outcome["reason"] == "job-mode check"
-    assert outcome["champion_before"] == v1 and outcome["snapshot_id"] == first
-    assert get_model_info(cfg, "champion")["version"] == outcome["new_version"] != v1
-    assert len(controller.decider.retrain_times) == 1  # asked by hand: counted against cooldown and budget
