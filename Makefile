@@ -31,16 +31,26 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/aisys demo
 
-## Run the whole test suite (unit, ray, e2e) in one pytest process. TEST_WORKERS=2 runs it on pytest-xdist workers
+## Run the whole test suite: tests/ray, tests/e2e and tests/reliability in one pytest process, and beside it the pure
+## tests/unit (no Ray) in a second one, whose output is printed after the first's. The Ray and end-to-end tests leave
+## part of the 2 cores idle (most wait on one single-threaded process at a time: a job driver, a Ray Train worker, a
+## subprocess importing torch); the unit tests fill it. TEST_WORKERS=2 runs the suite on pytest-xdist workers
 ## instead, then the tests marked `serial` alone: on the 2-core CI box that was slower (two private Rays and their
 ## Serve replicas on 2 cores: 1,130 s against 860 s in one process, same clone, 2026-12-06). MARK narrows the run
-## (a marker expression: MARK="not multinode"). Exit code 5 (nothing selected in an xdist phase) is not a failure.
+## (a marker expression: MARK="not multinode"). Exit code 5 (nothing selected) is not a failure.
 TEST_WORKERS ?= 1
 MARK ?=
 and_mark = $(if $(strip $(MARK)), and ($(MARK)),)
 test: $(STAMP)
 ifeq ($(strip $(TEST_WORKERS)),1)
-	$(PY) -m pytest $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS)
+	@mkdir -p .aisys
+	@echo "tests/unit runs beside the rest (its output follows theirs): .aisys/test-unit.log"
+	@$(PY) -m pytest tests/unit $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS) > .aisys/test-unit.log 2>&1 & \
+	 unit=$$!; \
+	 $(PY) -m pytest tests/ray tests/e2e tests/reliability $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS); rest=$$?; \
+	 wait $$unit; unit_rc=$$?; \
+	 echo "================================ tests/unit ================================"; cat .aisys/test-unit.log; \
+	 for rc in $$rest $$unit_rc; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 else
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not serial$(and_mark)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest -m "serial$(and_mark)" $(PYTEST_ARGS) || [ $$? -eq 5 ]

@@ -199,12 +199,14 @@ def test_a_failing_model_is_answered_by_popularity_flagged_counted_and_degraded(
 
 def test_a_model_slower_than_the_budget_is_answered_by_popularity():
     bundle = tiny_bundle()
-    service = make_service(champion=served(model=SlowModel(build_model(bundle), 0.5)), latency_budget_ms=50)
+    service = make_service(champion=served(model=SlowModel(build_model(bundle), 1.5)), latency_budget_ms=50)
     # One portal (event loop) for the whole block: closing a loop waits for its worker threads.
     with client_for(service) as client:
         started = time.perf_counter()
         body = client.get("/recommendations/alice").json()
-        assert time.perf_counter() - started < 0.4  # answered at the budget, not after the model
+        # Answered at the 50 ms budget, not after the model's 1.5 s (the margin is for a loaded 2-core box: the
+        # unit tests run beside the Ray suite in `make test`).
+        assert time.perf_counter() - started < 1.0
     assert body["fallback"] is True and body["fallback_reason"] == "latency_budget"
     assert service.counters.fallbacks[("champion", "latency_budget")] == 1
     fast = make_service(champion=served(model=SlowModel(build_model(bundle), 0.0)), latency_budget_ms=1000)

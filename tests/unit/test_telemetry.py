@@ -98,7 +98,7 @@ def test_a_full_buffer_drops_new_items_and_counts_them_without_waiting():
     feed = MonitorForwarder(monitor, batch_size=2, flush_every_s=60, max_buffered=3)
     started = time.perf_counter()
     accepted = [feed.add_event(ev(n)) for n in range(3)] + [feed.add_list(served_list(3)), feed.add_event(ev(4))]
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 1.0  # not waiting for the flush, due only in 60 s
     assert accepted == [True, True, True, False, False]
     assert dict(feed.dropped) == {"lists": 1, "events": 1}
     feed.flush()
