@@ -92,10 +92,23 @@ def small_config(tmp_path: Path, mlflow_db_template: Path) -> AppConfig:
 METRICS_REPORT_INTERVAL_MS = 2000
 
 
+# The session's Ray is stopped once the module of its last user is done, not at session end: its users run as one
+# block (``_run_users_together``), and the tests after them start Rays of their own (subprocesses, clusters), beside
+# which an idle Ray (GCS, raylet, its prestarted workers: ~7% of a core) would only take CPU and memory.
+_LAST_RAY_ITEM = pytest.StashKey[pytest.Item]()
+
+
 @pytest.fixture(scope="session")
-def ray_session():
-    """One real local Ray for the whole session: 2 CPUs, a 512 MiB object store, no dashboard."""
+def ray_session(request):
+    """One real local Ray for the session's Ray users: 2 CPUs, a 512 MiB object store, no dashboard."""
     import ray
+
+    if not hasattr(request.config, "workerinput"):  # under xdist a worker runs only part of the collection
+        items = request.session.items
+        users = [item for item in items if "ray_session" in item.fixturenames]
+        if users:
+            last_module = _module_of(users[-1])
+            request.session.stash[_LAST_RAY_ITEM] = [i for i in items if _module_of(i) == last_module][-1]
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
@@ -147,15 +160,15 @@ def _module_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def _run_head_users_together(items: list[pytest.Item]) -> None:
-    """Run the modules that lease the shared head one after another, where the first of them stood.
+def _run_users_together(items: list[pytest.Item], fixture: str) -> None:
+    """Run the modules that use the session-scoped ``fixture`` one after another, where the first of them stood.
 
-    The head lives from its first lease to its last user's teardown; left in path order, its users sit in
-    tests/e2e and tests/reliability with minutes of other tests between them, through which an idle head (GCS,
-    raylet, dashboard and its agents) would run beside them. Whole modules move, in their own order, so
+    Such a fixture lives from its first user to its last user's teardown (see ``pytest_runtest_teardown``); left in
+    path order, its users sit in tests/ray, tests/e2e and tests/reliability with minutes of other tests between
+    them, through which an idle Ray or head would run beside them. Whole modules move, in their own order, so
     module-scoped fixtures are still set up once.
     """
-    modules = {_module_of(item) for item in items if "shared_token_head" in item.fixturenames}
+    modules = {_module_of(item) for item in items if fixture in item.fixturenames}
     if len(modules) < 2:
         return
     first = next(i for i, item in enumerate(items) if _module_of(item) in modules)
@@ -180,6 +193,10 @@ def pytest_runtest_teardown(item, nextitem):
         block_ends = _uses_head(item) and not _uses_head(nextitem)
         if (last or block_ends) and _SHARED_HEAD in item.session.stash:
             item.session.stash[_SHARED_HEAD].close()
+        if item.session.stash.get(_LAST_RAY_ITEM, None) is item:
+            import ray
+
+            ray.shutdown()
 
 
 # --- pytest-xdist (`make test TEST_WORKERS=2`; the default is one process, measured faster on 2 cores) -------------
@@ -246,7 +263,8 @@ def _longest_first(items: list[pytest.Item]) -> None:
 def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):  # an xdist worker: its collection is the order work is handed out in
         _longest_first(items)
-    _run_head_users_together(items)
+    _run_users_together(items, "ray_session")
+    _run_users_together(items, "shared_token_head")
     config.stash[_SLOW_ITEMS] = {item.nodeid for item in items if item.get_closest_marker("slow")}
 
 

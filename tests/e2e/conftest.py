@@ -23,7 +23,7 @@ import yaml
 
 from tests.conftest import small_config_dict
 
-# Shared by every user of ``s3_endpoint``; each writes under its own prefix (ingest/, registry/, readers/,
+# Shared by every user of ``s3_endpoint``; each writes under its own prefix (registry/, readers/,
 # multinode/), so none lists another's objects.
 BUCKET = "aisys-test"
 

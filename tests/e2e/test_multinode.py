@@ -2,6 +2,11 @@
 collector, the stock and MLflow's artifacts on a local S3 server (moto), MLflow tracking on PostgreSQL.
 
 Ingest, train and serve go through `ray job submit`; Serve puts one replica on each node. What it proves:
+- the ingest job, its Ray Data workers getting the AWS credentials from the nodes' environment, writes a
+  snapshot of a raw file with broken and duplicated rows into ``s3://.../multinode/lake`` (the objects are
+  listed with boto3, not through the code under test): written + quarantined + duplicates add up to the raw
+  rows, the quarantine is in the bucket, and the lake reads the clean rows back (test_s3.py leaves this case
+  here);
 - a shopper's first event, posted through the head's proxy, is known to whichever replica serves the next
   request (the session store is one actor on the head): a new user is served by the model, never the
   unknown-user fallback, and both replicas served such requests;
@@ -98,25 +103,52 @@ def _cfg(config_file: Path):
 
 def test_two_nodes_share_sessions_stock_and_collector_and_survive_the_worker_dying(cluster, config_file, figures,
                                                                                      tmp_path):
+    import boto3
+
+    from aisys.data.lake import Lake
     from aisys.data.raw_files import write_raw_events
     from aisys.serving.collector_store import read_collected_events
 
     head, worker = cluster
     cfg = _cfg(config_file)
+    s3 = boto3.client("s3", endpoint_url=cfg.paths.s3_endpoint_url, region_name="us-east-1")  # env: `cluster`
     args = ["--config", str(config_file)]
     jobs = Jobs(head.url, head.token)  # the job API `ray job submit` uses, without a CLI process per job
 
     # ---- ingest and train as jobs (the raw file is on this machine's disk, which both nodes share here)
     events = tiny_events(n_users=40, n_items=30, n_sessions=200)
-    raw = write_raw_events(events, tmp_path / "raw.jsonl", "jsonl", bad_share=0.0, duplicate_share=0.0, seed=1)
+    raw = write_raw_events(events, tmp_path / "raw.jsonl", "jsonl", bad_share=0.05, duplicate_share=0.05, seed=1)
     t0 = time.perf_counter()
     ingest = jobs.run("jobs/ingest.py", *args, str(raw.path))
     assert ingest.status == "SUCCEEDED", ingest.describe()
+    figures["ingest_job_s"] = round(time.perf_counter() - t0, 1)
+
+    # The snapshot is on S3: counts add up, its objects are in the bucket (seen through boto3, independently of
+    # pyarrow) and nowhere local, and the lake reads back the clean rows (the broken ones quarantined).
+    lake = Lake.from_config(cfg.paths)
+    manifest = lake.get(ingest.last_json()["snapshot_id"])
+    counts = manifest.counts
+    assert counts["quarantined"] == raw.bad_rows > 0
+    assert counts["duplicates_in_batch"] == raw.duplicate_rows > 0
+    assert counts["written"] == events.num_rows - raw.bad_rows
+    assert counts["written"] + counts["quarantined"] + counts["duplicates_in_batch"] == raw.rows
+    stored = keys(s3, "multinode/lake/events/")
+    assert f"multinode/lake/events/_manifests/{manifest.snapshot_id}.json" in stored
+    assert {f"multinode/lake/events/{f}" for f in manifest.files} <= set(stored)
+    assert any(k.startswith(f"multinode/lake/events/quarantine/{manifest.snapshot_id}/") for k in stored)
+    assert not list(config_file.parent.glob("**/_manifests")) and not list(tmp_path.glob("**/_manifests"))
+    snapshot = lake.read_events(manifest.snapshot_id)
+    quarantined = lake.read_quarantine(manifest.snapshot_id)
+    assert quarantined.num_rows == raw.bad_rows
+    assert snapshot.num_rows == counts["written"]
+    assert sorted(snapshot.column("event_id").to_pylist()) == sorted(
+        set(events.column("event_id").to_pylist()) - set(quarantined.column("event_id").to_pylist()))
+
     t1 = time.perf_counter()
     train = jobs.run("jobs/train.py", *args)
     assert train.status == "SUCCEEDED", train.describe()
     t2 = time.perf_counter()
-    figures.update(ingest_job_s=round(t1 - t0, 1), train_job_s=round(t2 - t1, 1))
+    figures["train_job_s"] = round(t2 - t1, 1)
 
     # ---- serve: one replica per node, one proxy on the head
     serve_job = jobs.submit("tests/e2e/multinode_serve.py", *args)
@@ -138,7 +170,7 @@ def test_two_nodes_share_sessions_stock_and_collector_and_survive_the_worker_dyi
     worker_replica_pid = next(a["pid"] for a in head.alive_actors() if a["name"] in nodes
                               and a["node_id"] == worker_node_id)
 
-    items = sorted(set(events.column("item_id").to_pylist()))
+    items = sorted(set(snapshot.column("item_id").to_pylist()))  # the clean rows: what the model was trained on
     accepted: list[str] = []
     with httpx.Client(base_url=api, timeout=30) as http:
         # ---- a new shopper's first event is known to whichever replica answers next
@@ -175,6 +207,11 @@ def test_two_nodes_share_sessions_stock_and_collector_and_survive_the_worker_dyi
                    failed_requests=failed, outcomes=dict(outcomes))
     assert not missing, f"{len(missing)} event(s) answered 202 are not in the collector: {missing[:5]}"
     jobs.client.stop_job(serve_job)
+
+
+def keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
 def event(user: str, item: str, event_id: str) -> dict:

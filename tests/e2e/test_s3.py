@@ -1,27 +1,26 @@
 """The lake and MLflow's artifacts on ``s3://``, against a local S3-compatible server (moto in server mode).
 
-What it proves: with ``paths.s3_endpoint_url`` set, Ray Data ingest writes a snapshot into ``s3://bucket/lake``
-(the objects are listed with boto3, not through the code under test) and the lake reads it back; a model logged
-with ``paths.mlflow_artifact_uri: s3://bucket/mlartifacts`` puts its artifacts in the bucket and loads back by
-alias. Nothing but the endpoint in the config tells either library where S3 is.
+What it proves: with ``paths.s3_endpoint_url`` set, every lake reader and writer (snapshots and a rebased
+commit race, profiles, drift reports, the audit log, a sweep and the gate's holdout) reaches the configured
+endpoint, and their objects are found in ``s3://bucket/...`` (listed with boto3, not through the code under
+test); a model logged with ``paths.mlflow_artifact_uri: s3://bucket/mlartifacts`` puts its artifacts in the
+bucket and loads back by alias. Nothing but the endpoint in the config tells either library where S3 is.
+
+The ingest job writing a snapshot to S3 (with broken and duplicated rows; counts, quarantine and read-back
+checked) is covered in test_multinode.py, as a job on a cluster whose nodes carry the credentials.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime, timezone
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from aisys.config import config_from_dict
 from aisys.data.lake import Lake
 from tests.conftest import seed_mlflow_db, small_config_dict
-from tests.e2e.cluster_helpers import REPO, commit_events, tiny_events, train_tiny_champion
+from tests.e2e.cluster_helpers import commit_events, tiny_events, train_tiny_champion
 from tests.e2e.conftest import BUCKET
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -59,44 +58,6 @@ def s3_config(tmp_path: Path, endpoint: str, prefix: str, mlflow_db_template: Pa
 def keys(client, prefix: str) -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-def test_ingest_job_writes_a_snapshot_to_s3_and_reads_it_back(s3, s3_endpoint, tmp_path):
-    """The ingest entrypoint as a user runs it (a process with its own Ray): its Ray Data workers must see the
-    AWS credentials in their environment, as cluster nodes do; the test session's Ray started before them."""
-    from aisys.data.lake import Manifest
-    from aisys.data.raw_files import write_raw_events
-
-    cfg = s3_config(tmp_path, s3_endpoint, "ingest")
-    config_file = tmp_path / "s3.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
-    events = tiny_events()
-    raw = write_raw_events(events, tmp_path / "raw.jsonl", "jsonl", bad_share=0.05, duplicate_share=0.05, seed=3)
-
-    proc = subprocess.run([sys.executable, "jobs/ingest.py", "--config", str(config_file), str(raw.path)],
-                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    printed = json.loads(proc.stdout.strip().splitlines()[-1])
-    manifest: Manifest = Lake.from_config(cfg.paths).get(printed["snapshot_id"])
-
-    counts = manifest.counts
-    assert counts["quarantined"] == raw.bad_rows > 0
-    assert counts["duplicates_in_batch"] == raw.duplicate_rows > 0
-    assert counts["written"] == events.num_rows - raw.bad_rows
-    # The objects are in the bucket (seen through boto3, independently of pyarrow) and nowhere local.
-    stored = keys(s3, "ingest/lake/events/")
-    assert f"ingest/lake/events/_manifests/{manifest.snapshot_id}.json" in stored
-    assert {f"ingest/lake/events/{f}" for f in manifest.files} <= set(stored)
-    assert any(k.startswith(f"ingest/lake/events/quarantine/{manifest.snapshot_id}/") for k in stored)
-    assert not list(tmp_path.glob("**/_manifests"))  # nothing went to a local folder
-
-    lake = Lake.from_config(cfg.paths)
-    table = lake.read_events(manifest.snapshot_id)
-    assert table.num_rows == counts["written"]
-    assert sorted(table.column("event_id").to_pylist()) == sorted(
-        set(events.column("event_id").to_pylist()) - set(lake.read_quarantine(manifest.snapshot_id)
-                                                          .column("event_id").to_pylist()))
-    assert lake.read_quarantine(manifest.snapshot_id).num_rows == raw.bad_rows
 
 
 def test_mlflow_artifacts_on_s3_register_and_load_by_alias(s3, s3_endpoint, tmp_path, mlflow_db_template):

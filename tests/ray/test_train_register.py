@@ -117,26 +117,3 @@ def test_train_register_load_by_alias(ray_session, small_config):
     with pytest.raises(LookupError, match="no-such-alias"):
         get_model_info(cfg, "no-such-alias")
 
-
-@pytest.mark.slow
-def test_two_worker_ddp_run_resumes_from_its_latest_checkpoint(ray_session, small_config, tmp_path):
-    """DDP over 2 workers, then a re-created trainer with the same run name continues the run."""
-    from aisys.features.sequences import build_vocabulary, user_histories
-    from aisys.quality.protocol import leave_last_one_out
-    from aisys.training.ray_train import train_with_ray
-
-    cfg = small_config
-    cfg.train.num_workers = 2
-    cfg.train.epochs = 1
-    events = cyclic_events(n_users=40)
-    vocab = build_vocabulary(events, cfg.features.event_weights)
-    split = leave_last_one_out(user_histories(events, vocab.item_index()))
-
-    first = train_with_ray(cfg, split.train, split.valid, vocab, str(tmp_path / "rr"), run_name="resume")
-    cfg.train.epochs = 3
-    second = train_with_ray(cfg, split.train, split.valid, vocab, str(tmp_path / "rr"), run_name="resume")
-
-    assert [row["epoch"] for row in first.history] == [0]
-    assert [row["epoch"] for row in second.history] == [0, 1, 2]
-    assert second.history[0] == first.history[0]  # carried over, not retrained
-    assert not any(key.startswith("module.") for key in second.state_dict)

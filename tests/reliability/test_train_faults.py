@@ -5,6 +5,10 @@ snapshot (``checkpoint_manager_snapshot.json``, written by the Train controller 
 and once epoch ``KILL_AFTER`` is checkpointed it finds the live ``RayTrainWorker`` actor through Ray's state API
 and SIGKILLs its process. ``FailureConfig(max_failures=1)`` (``train.max_failures``, default 1) restarts the worker
 group from the latest checkpoint; the history rows say which checkpoint each attempt started from.
+
+The same test then re-creates a trainer with the clean run's name and storage but 2 workers and one more epoch: a
+DDP run continues the 1-worker run from its latest checkpoint. It rides on the clean run here because every Ray
+Train fit costs ~10-12 s of fixed start-up on the 2-core box; a separate 2-worker pair of fits would cost two more.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from aisys.training.loop import evaluate, seed_everything
 from aisys.training.ray_train import RESUMED_FROM, train_with_ray
 from tests.reliability.conftest import report_figure
 
-pytestmark = [pytest.mark.reliability, pytest.mark.ray, pytest.mark.slow]  # three Ray Train runs
+# Three Ray Train fits: clean, killed (restarted once), and the clean run continued on 2 DDP workers.
+pytestmark = [pytest.mark.reliability, pytest.mark.ray, pytest.mark.slow]
 
 EPOCHS = 8
+MORE_EPOCHS = 1  # what the 2-worker continuation of the clean run adds
 KILL_AFTER = 2  # the worker dies once this epoch's checkpoint is registered
 METRICS = ("valid_ndcg@10", "valid_hr@10")
 WORKER_CLASS = "RayTrainWorker"
@@ -151,3 +157,15 @@ def test_a_killed_train_worker_resumes_from_its_checkpoint_and_ends_within_1_per
         f"run {killed_s:.0f}s vs {clean_s:.0f}s",
         f"0 checkpointed epochs lost; only the unfinished epoch {resumed_from + 1} was redone",
     )
+
+    # A re-created trainer with the clean run's name and storage continues it, here as DDP over 2 workers (the
+    # kill above needed exactly one live worker, so this comes after it): the 1-worker checkpoint loads into
+    # the DDP-wrapped model, and the result's weights come back without DDP's `module.` prefix.
+    cfg.train.num_workers = 2
+    cfg.train.epochs = EPOCHS + MORE_EPOCHS
+    continued = train_with_ray(cfg, split.train, split.valid, vocab, str(storage), run_name="clean")
+    assert [row["epoch"] for row in continued.history] == list(range(EPOCHS + MORE_EPOCHS))
+    assert continued.history[:EPOCHS] == clean.history  # carried over from the checkpoint, not retrained
+    # The new epochs started from the latest checkpoint (the clean run's last epoch), not from an older one.
+    assert [row[RESUMED_FROM] for row in continued.history[EPOCHS:]] == [EPOCHS - 1] * MORE_EPOCHS
+    assert not any(key.startswith("module.") for key in continued.state_dict)
