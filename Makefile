@@ -31,26 +31,35 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/aisys demo
 
-## Run the whole test suite: tests/ray, tests/e2e and tests/reliability in one pytest process, and beside it the pure
-## tests/unit (no Ray) in a second one, whose output is printed after the first's. The Ray and end-to-end tests leave
-## part of the 2 cores idle (most wait on one single-threaded process at a time: a job driver, a Ray Train worker, a
-## subprocess importing torch); the unit tests fill it. TEST_WORKERS=2 runs the suite on pytest-xdist workers
-## instead, then the tests marked `serial` alone: on the 2-core CI box that was slower (two private Rays and their
-## Serve replicas on 2 cores: 1,130 s against 860 s in one process, same clone, 2026-12-06). MARK narrows the run
-## (a marker expression: MARK="not multinode"). Exit code 5 (nothing selected) is not a failure.
+## Run the whole test suite in two pytest processes side by side. The first runs tests/ray, tests/e2e and
+## tests/reliability; the second runs the pure tests/unit (no Ray) and TESTS_BESIDE, the modules that spend most of
+## their time waiting on processes of their own (job drivers and Serve on the token-auth `ray start --head` they
+## share). Its output is printed after the first's. On their own the Ray and end-to-end tests leave a
+## third of the 2 cores idle (most wait on one single-threaded process at a time: a job driver, a Ray Train worker,
+## a subprocess importing torch); the second process fills it: 1,056 s for everything against 1,166 s for the first
+## process alone with the job modules in it (2-core box, 2026-12-07). TEST_WORKERS=2 runs the suite on
+## pytest-xdist workers instead, then the tests marked `serial` alone: on the 2-core CI box that was slower (two
+## private Rays and their Serve replicas on 2 cores the whole run: 1,130 s against 860 s in one process, same
+## clone, 2026-12-06). MARK narrows the run (a marker expression: MARK="not multinode"). Exit code 5 (nothing
+## selected) is not a failure.
 TEST_WORKERS ?= 1
 MARK ?=
 and_mark = $(if $(strip $(MARK)), and ($(MARK)),)
+# With the notebooks (tests/e2e/test_notebooks.py) beside them too it was not faster: 1,148 s against 1,056 s (one
+# run each, same box, same day): the second process then overlaps the CPU-bound tests/ray block of the first.
+TESTS_BESIDE = tests/e2e/test_jobs_more.py tests/e2e/test_serve_deploy.py tests/reliability/test_ray_auth.py
 test: $(STAMP)
 ifeq ($(strip $(TEST_WORKERS)),1)
 	@mkdir -p .aisys
-	@echo "tests/unit runs beside the rest (its output follows theirs): .aisys/test-unit.log"
-	@$(PY) -m pytest tests/unit $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS) > .aisys/test-unit.log 2>&1 & \
-	 unit=$$!; \
-	 $(PY) -m pytest tests/ray tests/e2e tests/reliability $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS); rest=$$?; \
-	 wait $$unit; unit_rc=$$?; \
-	 echo "================================ tests/unit ================================"; cat .aisys/test-unit.log; \
-	 for rc in $$rest $$unit_rc; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
+	@echo "tests/unit and $(TESTS_BESIDE) run beside the rest (their output follows): .aisys/test-beside.log"
+	@$(PY) -m pytest tests/unit $(TESTS_BESIDE) $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS) \
+	   > .aisys/test-beside.log 2>&1 & \
+	 beside=$$!; \
+	 $(PY) -m pytest tests/ray tests/e2e tests/reliability $(addprefix --ignore=,$(TESTS_BESIDE)) \
+	   $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS); rest=$$?; \
+	 wait $$beside; beside_rc=$$?; \
+	 echo "=============== tests/unit and the modules beside the rest ==============="; cat .aisys/test-beside.log; \
+	 for rc in $$rest $$beside_rc; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 else
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not serial$(and_mark)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest -m "serial$(and_mark)" $(PYTEST_ARGS) || [ $$? -eq 5 ]

@@ -91,7 +91,10 @@ def _log_offline_metrics(cfg, events, version: str) -> dict[str, float]:
 def _mlflow_ui(cfg, root: Path) -> tuple[subprocess.Popen, str]:
     """A real MLflow UI over the test's registry (one worker: STACK.md)."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    # Job execution off: its job runner and huey consumers (GenAI jobs, unused here) start 7 more processes, ~1.2
+    # GiB and seconds of CPU (see the session's MLflow server in tests/e2e/conftest.py).
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", cfg.paths.mlflow_tracking_uri,
          "--default-artifact-root", (root / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
