@@ -18,6 +18,7 @@ import importlib.metadata
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -139,6 +140,25 @@ def mlflow_metric_name(key: str) -> str:
     return metric_name(key)
 
 
+_MAX_METRICS_PER_BATCH = 1000  # the tracking API's limit per log_batch call
+
+
+def _log_history(run_id: str, history: list[dict]) -> None:
+    """Every epoch's figures in one ``log_batch`` (one store transaction, not one per epoch), each at its epoch."""
+    from mlflow.entities import Metric
+
+    now_ms = int(time.time() * 1000)
+    metrics = [
+        Metric(mlflow_metric_name(key), float(value), now_ms, int(row.get("epoch", n)))
+        for n, row in enumerate(history)
+        for key, value in row.items()
+        if key != "epoch"
+    ]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + _MAX_METRICS_PER_BATCH])
+
+
 def _log_training_curve(history: list[dict]) -> None:
     """Log loss and validation NDCG per epoch as a PNG (skipped without matplotlib)."""
     if not history:
@@ -218,11 +238,7 @@ def log_and_register(
         )
         mlflow.log_params({key: str(value) for key, value in params.items()})
         mlflow.log_metrics({mlflow_metric_name(k): float(v) for k, v in metrics.items()})
-        for n, row in enumerate(history):
-            step = int(row.get("epoch", n))
-            mlflow.log_metrics(
-                {mlflow_metric_name(k): float(v) for k, v in row.items() if k != "epoch"}, step=step
-            )
+        _log_history(run_id, history)
         _log_training_curve(history)
         with tempfile.TemporaryDirectory() as tmp:
             folder = bundle.save(Path(tmp) / BUNDLE_ARTIFACT_KEY)
