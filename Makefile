@@ -32,27 +32,31 @@ demo: $(STAMP)
 	$(VENV)/bin/aisys demo
 
 ## Run the whole test suite in two pytest processes side by side. The first runs tests/ray, tests/e2e and
-## tests/reliability; the second runs the pure tests/unit (no Ray) and TESTS_BESIDE, the modules that spend most of
-## their time waiting on processes of their own (job drivers and Serve on the token-auth `ray start --head` they
-## share). Its output is printed after the first's. On their own the Ray and end-to-end tests leave a
-## third of the 2 cores idle (most wait on one single-threaded process at a time: a job driver, a Ray Train worker,
-## a subprocess importing torch); the second process fills it: 1,056 s for everything against 1,166 s for the first
-## process alone with the job modules in it (2-core box, 2026-12-07). TEST_WORKERS=2 runs the suite on
-## pytest-xdist workers instead, then the tests marked `serial` alone: on the 2-core CI box that was slower (two
-## private Rays and their Serve replicas on 2 cores the whole run: 1,130 s against 860 s in one process, same
-## clone, 2026-12-06). MARK narrows the run (a marker expression: MARK="not multinode"). Exit code 5 (nothing
-## selected) is not a failure.
+## tests/reliability; the second runs the pure tests/unit (no Ray) and TESTS_BESIDE. Its output is printed after the
+## first's. On their own the Ray and end-to-end tests leave a third of the 2 cores idle (most wait on one
+## single-threaded process at a time: a job driver, a Ray Train worker, a subprocess importing torch); the second
+## process fills it. The tests marked `serial` (a rate or a tail a neighbour would skew) run last in the first
+## process, alone: it waits for the second to end before them (AISYS_TESTS_SERIAL_LOCK, tests/conftest.py).
+## TEST_WORKERS=2 runs the suite on pytest-xdist workers instead, then the `serial` tests alone: on the 2-core CI box
+## that was slower (two private Rays and their Serve replicas on 2 cores the whole run: 1,130 s against 860 s in one
+## process, same clone, 2026-12-06). MARK narrows the run (a marker expression: MARK="not multinode"). Exit code 5
+## (nothing selected) is not a failure.
 TEST_WORKERS ?= 1
 MARK ?=
 and_mark = $(if $(strip $(MARK)), and ($(MARK)),)
-# With the notebooks (tests/e2e/test_notebooks.py) beside them too it was not faster: 1,148 s against 1,056 s (one
-# run each, same box, same day): the second process then overlaps the CPU-bound tests/ray block of the first.
-TESTS_BESIDE = tests/e2e/test_jobs_more.py tests/e2e/test_serve_deploy.py tests/reliability/test_ray_auth.py
+# TESTS_BESIDE: the job chain, `serve deploy` and the dashboard's token check (the shared token-auth head's users, which
+# mostly wait on its job drivers and Serve), then the demo, `aisys serve`'s stop tests, Schemathesis and the notebooks,
+# so that both processes end together. Same 2-core box, same day (2026-12-07): with only the head's users beside, the
+# first process took 999 s and the second 399 s; as here, 927 s and 839 s, the serial tests alone at the end. With the
+# replica-kill test beside the notebooks (before the serial lock) its driver failed: hence the lock.
+TESTS_BESIDE = tests/e2e/test_jobs_more.py tests/e2e/test_serve_deploy.py tests/reliability/test_ray_auth.py \
+  tests/e2e/test_demo.py tests/e2e/test_serve_stop.py tests/reliability/test_schemathesis.py tests/e2e/test_notebooks.py
 test: $(STAMP)
 ifeq ($(strip $(TEST_WORKERS)),1)
 	@mkdir -p .aisys
 	@echo "tests/unit and $(TESTS_BESIDE) run beside the rest (their output follows): .aisys/test-beside.log"
-	@$(PY) -m pytest tests/unit $(TESTS_BESIDE) $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS) \
+	@export AISYS_TESTS_SERIAL_LOCK=$(CURDIR)/.aisys/test-serial.lock; \
+	 $(PY) -m pytest tests/unit $(TESTS_BESIDE) $(if $(strip $(MARK)),-m "$(MARK)") $(PYTEST_ARGS) \
 	   > .aisys/test-beside.log 2>&1 & \
 	 beside=$$!; \
 	 $(PY) -m pytest tests/ray tests/e2e tests/reliability $(addprefix --ignore=,$(TESTS_BESIDE)) \

@@ -25,6 +25,18 @@ for _name, _value in PRIVATE_RAY_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
+def pytest_configure(config):
+    # `make test` starts its second pytest process in the background (`&`), and a non-interactive shell starts
+    # background jobs with SIGINT ignored, a disposition every child inherits: an `aisys serve` started from there
+    # would ignore the Ctrl-C that tests/e2e/test_serve_stop.py sends, as no process in a terminal's foreground does.
+    # Restored here (Python's own handler, which a child's exec turns back into the default).
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _share_the_machine(config)
+
+
 def pytest_addoption(parser):
     parser.addoption("--schemathesis-full", action="store_true", default=False,
                      help="send the full 10,000+ Schemathesis requests (tests/reliability/test_schemathesis.py); "
@@ -265,6 +277,8 @@ def pytest_collection_modifyitems(config, items):
         _longest_first(items)
     _run_users_together(items, "ray_session")
     _run_users_together(items, "shared_token_head")
+    if SERIAL_LOCK_ENV in os.environ:
+        _serial_modules_last(items)
     config.stash[_SLOW_ITEMS] = {item.nodeid for item in items if item.get_closest_marker("slow")}
 
 
@@ -281,3 +295,50 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_sep("-", f"over {SLOW_AFTER_S:.0f} s but not marked slow (`make test-fast` runs them)")
         for s, nodeid in unmarked:
             terminalreporter.write_line(f"{s:6.1f}s {nodeid}")
+
+
+# --- `serial` tests alone on the machine while `make test` runs two pytest processes side by side ------------------
+# The Makefile names one lock file in SERIAL_LOCK_ENV for both processes. Each holds it shared from its start; a
+# process reaching its first `serial` test (they run last: ``_serial_modules_last``) trades its shared hold for an
+# exclusive one, which waits until the other process has ended or reached its own serial tests, and keeps it to its
+# end. So a test whose figures are a rate or a tail (200 req/s through a replica kill, a rate limit within 5%) never
+# shares the 2 cores with the other process: measured beside the notebooks, the replica-kill driver failed.
+SERIAL_LOCK_ENV = "AISYS_TESTS_SERIAL_LOCK"
+_SERIAL_LOCK = pytest.StashKey[object]()
+_SERIAL_HELD = pytest.StashKey[bool]()
+
+
+def _share_the_machine(config) -> None:
+    path = os.environ.get(SERIAL_LOCK_ENV)
+    if not path or hasattr(config, "workerinput"):
+        return
+    import fcntl
+
+    handle = open(path, "a+")  # noqa: SIM115 - held (and closed by the OS) until this process ends
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    config.stash[_SERIAL_LOCK] = handle
+
+
+def _serial_modules_last(items: list[pytest.Item]) -> None:
+    """Move every module holding a ``serial`` test, whole (its module fixtures set up once), to the end."""
+    serial = {_module_of(item) for item in items if item.get_closest_marker("serial")}
+    items[:] = [i for i in items if _module_of(i) not in serial] + [i for i in items if _module_of(i) in serial]
+
+
+def pytest_runtest_setup(item):
+    handle = item.config.stash.get(_SERIAL_LOCK, None)
+    if handle is None or item.config.stash.get(_SERIAL_HELD, False) or not item.get_closest_marker("serial"):
+        return
+    import fcntl
+    import time
+
+    started = time.monotonic()
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    fcntl.flock(handle, fcntl.LOCK_EX)  # waits for the other process's end (or its own serial tests)
+    item.config.stash[_SERIAL_HELD] = True
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    capture = item.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # setup's output is captured; this line is the run's
+            reporter.write_line(f"\nserial tests from here, alone: waited {time.monotonic() - started:.0f} s "
+                                f"for the other pytest process")
