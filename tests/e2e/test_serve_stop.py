@@ -55,6 +55,24 @@ def served_workspace(tmp_path_factory, mlflow_db_template) -> Path:
     return path
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_a_server_the_test_left():
+    """A test that fails before it stops its `aisys serve` must not leave it (and its Ray) running for the rest of the
+    suite: SIGTERM (its clean stop), then SIGKILL of its group."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 def start_serve(config: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
     port = yaml.safe_load(config.read_text())["serve"]["port"]
     proc = subprocess.Popen(
@@ -62,6 +80,7 @@ def start_serve(config: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    _STARTED.append(proc)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

@@ -99,6 +99,7 @@ def ids(body: dict) -> list[str]:
     return [item["item_id"] for item in body["items"]]
 
 
+@pytest.mark.slow
 def test_serve_over_http(ray_session, small_config):
     cfg = small_config
     cfg.serve.port = free_port()

@@ -83,6 +83,7 @@ def cfg(small_config):
     drop_monitor(small_config)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's prometheus binary (apt-get install prometheus)")
 def test_prometheus_reads_the_live_apps_metrics_and_the_monitor_fed_by_the_replica(ray_session, cfg, tmp_path):
     ray = ray_session

@@ -46,6 +46,7 @@ def collected(cfg) -> list[dict]:
     return [json.loads(line) for path in files for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_an_anonymous_browser_cannot_reach_other_users_or_unbound_state(ray_session, small_config):
     cfg = small_config
     cfg.serve.port = free_port()

@@ -27,6 +27,7 @@ def wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.2) -> None:
         time.sleep(every_s)
 
 
+@pytest.mark.slow
 def test_swap_under_load_then_canary_then_rollback(ray_session, small_config):
     cfg = small_config
     cfg.serve.num_replicas = 1  # the arms' request counters below are one replica's

@@ -28,6 +28,7 @@ def unexpected_tracebacks(err: str) -> list[str]:
     return [block[:500] for block in err.split("Traceback")[1:] if RAY_NEIGHBOUR_NOISE not in block]
 
 
+@pytest.mark.slow
 def test_train_twice_promotes_the_first_and_refuses_a_worse_second(ray_session, small_config, tmp_path, capsys):
     cfg = small_config
     config_file = tmp_path / "config.yaml"

@@ -41,6 +41,7 @@ def cyclic_events(n_users: int = 100, length: int = 14, seed: int = 0) -> pa.Tab
     return pa.Table.from_pydict(rows, schema=EVENT_SCHEMA)
 
 
+@pytest.mark.slow
 def test_train_register_load_by_alias(ray_session, small_config):
     cfg = small_config
     cfg.train.epochs = 6

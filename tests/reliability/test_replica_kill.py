@@ -75,6 +75,7 @@ def run_driver(root: Path, *extra: str) -> dict:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.serial  # 200 req/s from one client process and a 170 s budget: alone on the box
 def test_a_replica_killed_at_200_requests_per_second_behind_haproxy_fails_no_request(tmp_path, mlflow_db_template):
     from aisys.config import AppConfig

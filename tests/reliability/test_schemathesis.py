@@ -150,6 +150,7 @@ def operations(schema) -> list:
     return [result.ok() for result in schema.get_all_operations()]
 
 
+@pytest.mark.slow
 def test_schemathesis_requests_give_no_server_error_and_json_errors(app: FullApp, schema, budget: Budget):
     admin = app.keys["admin"]
     auth = {"Authorization": f"Bearer {admin}", "X-API-Key": admin}  # replace the keys Schemathesis makes up
