@@ -51,7 +51,7 @@ def figures():
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_endpoint, figures):  # noqa: F811
+def cluster(s3_endpoint, figures):
     """A token-auth head and one worker node, both with the S3 credentials in their environment."""
     import boto3
 
@@ -76,7 +76,7 @@ def cluster(s3_endpoint, figures):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory, s3_endpoint, mlflow_server) -> Path:  # noqa: F811
+def config_file(tmp_path_factory, s3_endpoint, mlflow_server) -> Path:
     root = tmp_path_factory.mktemp("multinode")
     data = small_config_dict(root)
     prefix = f"s3://{BUCKET}/multinode"

@@ -73,19 +73,37 @@ def _stop_a_server_the_test_left():
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def launch_serve(config: Path, *overrides: str) -> subprocess.Popen:
+    """`aisys serve` in its own process group, its output to a file beside ``config`` (:func:`output_of`).
+
+    A file, not a pipe: nobody reads a pipe while the server runs, and an `aisys serve` that writes more than the
+    pipe's 64 KiB (Ray's warnings on a loaded box) would block on its next write and never answer."""
+    log = config.parent / f"serve-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aisys.cli", "serve", "--config", str(config),
+             *(f"--set={o}" for o in overrides)],
+            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    proc.log_path = log
+    _STARTED.append(proc)
+    return proc
+
+
+def output_of(proc: subprocess.Popen) -> str:
+    """What ``proc`` (started by :func:`launch_serve`) has written so far."""
+    return proc.log_path.read_text(errors="replace")
+
+
 def start_serve(config: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
     port = yaml.safe_load(config.read_text())["serve"]["port"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aisys.cli", "serve", "--config", str(config), *(f"--set={o}" for o in overrides)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    _STARTED.append(proc)
+    proc = launch_serve(config, *overrides)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"`aisys serve` exited {proc.returncode}:\n{proc.stdout.read()[-4000:]}")
+            raise AssertionError(f"`aisys serve` exited {proc.returncode}:\n{output_of(proc)[-4000:]}")
         try:
             return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
@@ -140,7 +158,7 @@ def stop_and_check(proc: subprocess.Popen, url: str, config: Path, how: str) -> 
     proc.wait(timeout=60)
     left = wait_all_gone(tree, max(STOP_WITHIN_S - (time.monotonic() - started), 0.5))
     took = time.monotonic() - started
-    output = proc.stdout.read()
+    output = output_of(proc)
     assert left == [], f"left running {took:.1f} s after {how}: {left}\n{output[-3000:]}"
     assert proc.returncode == 0, output[-3000:]
     print(f"{how}: {len(tree)} processes stopped in {took:.1f} s")
@@ -179,11 +197,7 @@ def test_after_a_kill_9_of_the_group_the_next_serve_reaps_the_leftovers_and_star
     # tell the runs apart: the second run has taken over once the record names it as the owner. It serves through
     # the default ingress: what is tested is that the first run's HAProxy no longer holds the port (and Serve's
     # controller takes its full 30 s shutdown timeout with HAProxy, which would only slow the test).
-    second = subprocess.Popen(
-        [sys.executable, "-m", "aisys.cli", "serve", "--config", str(served_workspace)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    second = launch_serve(served_workspace)
     try:
         wait_until(lambda: record.exists() and json.loads(record.read_text())["owner"]["pid"] == second.pid,
                    timeout=60, what="the second run to take over the run record")
@@ -195,9 +209,8 @@ def test_after_a_kill_9_of_the_group_the_next_serve_reaps_the_leftovers_and_star
         # were still alive when it looked: Ray's workers exit on their own once they notice their raylet is gone.)
         stop_and_check(second, url, served_workspace, "sigterm")
     finally:
-        if second.poll() is None:  # an assertion above failed: do not leave it running
-            second.send_signal(signal.SIGTERM)
-            second.wait(timeout=60)
+        if second.poll() is None:  # an assertion above failed: do not leave it running; say what it printed
+            print(f"the second run's output:\n{output_of(second)[-4000:]}")
 
 
 def test_a_port_held_by_someone_else_is_named_with_the_fix(served_workspace):
