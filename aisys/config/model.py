@@ -62,6 +62,16 @@ class StagesConfig(_Section):
         "(the valid item becomes history, as the generators' arrays already are) for the first fit's best epoch + 1 "
         "epochs, and ship that fit; nothing is chosen on it. Off: the bundle holds the fit on train only.",
     )
+    validation: Literal["next_item", "time_cut", "mixed"] = Field(
+        "mixed",
+        description="The requests the blend, the ranking stage and SASRec's epochs are chosen on: 'next_item' "
+        "(each user's second-last item from the rest), 'time_cut' (the events before the test items cut in time at "
+        "80%: the users with events on both sides, every later item a target, as a deployed model's returning "
+        "users) or 'mixed' (both kinds, as a deployed model answers both; the blend's gap buckets tell them apart). "
+        "A time cut with fewer than time_cut_min_users returning users falls back to next_item. docs/training.md "
+        "has the measurements.",
+    )
+    time_cut_min_users: int = Field(50, ge=2, description="Fewest returning users a time_cut or mixed validation needs.")
     ranking: Literal["auto", "blend", "lgbm"] = Field(
         "auto",
         description="The ranking stage: 'blend' (the tuned blend orders every item), 'lgbm' (a LightGBM LambdaRank "

@@ -75,6 +75,8 @@ class ValidTask:
     blend_for: Callable[[BlendChoice, Mapping[str, np.ndarray], np.ndarray], np.ndarray]
     depth: int = 50
     all_targets: Sequence[Sequence[int]] | None = None
+    # Who made each request (a user may make two: a next item and a return); folds keep a user's requests together.
+    users: Sequence[str] | None = None
 
     def relevant(self, rows: np.ndarray) -> list[list[int]]:
         """The relevant items of the users ``rows``."""
@@ -117,7 +119,7 @@ def out_of_fold(task: ValidTask, folds: int, settings: RankerSettings, stop_shar
     n = len(task.targets)
     if folds < 2 or n < 2 * folds:
         raise ValueError(f"an out-of-fold comparison needs folds >= 2 and >= 2 users per fold, got {folds}, {n} users")
-    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    fold_of = fold_assignment(n, folds, seed, task.users)
     blend_ndcg, ranker_ndcg = np.zeros(n), np.zeros(n)
     for fold in range(folds):
         held, rest = np.flatnonzero(fold_of == fold), np.flatnonzero(fold_of != fold)
@@ -128,6 +130,15 @@ def out_of_fold(task: ValidTask, folds: int, settings: RankerSettings, stop_shar
         blend_ndcg[held] = ndcg_at_k(scores["blend"], targets, histories)
         ranker_ndcg[held] = ndcg_at_k(ranked_with_fallback(ranker, features, scores["blend"]), targets, histories)
     return blend_ndcg, ranker_ndcg
+
+
+def fold_assignment(n: int, folds: int, seed: int, users: Sequence[str] | None = None) -> np.ndarray:
+    """Each of ``n`` requests' fold: at random, every request of one user (``users``, None: each its own) in the
+    same fold, so no fold is scored by a model that learned from the same user's other request."""
+    if users is None or len(set(users)) == n:
+        return np.random.default_rng(seed).permutation(n) % folds
+    names, group = np.unique(np.asarray(users, dtype=object).astype(str), return_inverse=True)
+    return (np.random.default_rng(seed).permutation(len(names)) % folds)[group]
 
 
 def choose_ranking(

@@ -73,6 +73,8 @@ class EvalSet:
     users: list[str] = field(default_factory=list)
     histories: list[list[int]] = field(default_factory=list)
     targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Every relevant item of each user (a time window's several, the first being ``targets``); None: the next only.
+    all_targets: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -116,6 +118,47 @@ def leave_last_one_out(histories: Mapping[str, Sequence[int]]) -> LooSplit:
         valid=EvalSet(valid_users, valid_hist, np.asarray(valid_tgt, dtype=np.int64)),
         test=EvalSet(test_users, test_hist, np.asarray(test_tgt, dtype=np.int64)),
     )
+
+
+def time_cut_validation(
+    split: LooSplit, times: Mapping[str, Sequence[float]], train_share: float = TEMPORAL_TRAIN_SHARE,
+    keep_next_item: bool = False,
+) -> LooSplit:
+    """``split`` validated like the requests a deployed model answers: users coming back after the data it was
+    trained on, their next items unknown in number (and, with ``keep_next_item``, the next-item requests too).
+
+    The train + valid events (every user's history but the test item ``h[-1]``; short users wholly) are cut at
+    the time of the ``ceil(train_share * N)``-th in time order (:func:`temporal_cut`; ties stay before). ``train``
+    keeps only the events up to the cut. The *returning* requests are the users with events on both sides and an
+    item after the cut not in their history: history = their events up to the cut, ``targets`` = the first such
+    item, ``all_targets`` = every such item, distinct, in order. With ``keep_next_item`` the split's own next-item
+    requests (``h[:-2]`` -> ``h[-2]``) come first, and ``train`` is also without each one's ``h[-2]``. ``test``
+    is unchanged; nothing fit on ``train`` has seen a valid or a test item. ``times[u]`` are user ``u``'s event
+    times in history order; a user may make two requests (both kinds), each with its own history.
+    """
+    before_test = {u: list(seq) for u, seq in split.train.items()}
+    before_test.update({u: list(h) for u, h in zip(split.test.users, split.test.histories)})
+    stamps = np.asarray([t for u, seq in before_test.items() for t in times[u][: len(seq)]], dtype=np.float64)
+    cut = temporal_cut(stamps, train_share)
+    users, histories, targets, all_targets = [], [], [], []
+    if keep_next_item:
+        users, histories = list(split.valid.users), [list(h) for h in split.valid.histories]
+        targets, all_targets = [int(t) for t in split.valid.targets], [[int(t)] for t in split.valid.targets]
+    fit_on = split.train if keep_next_item else before_test
+    train: dict[str, list[int]] = {}
+    for user, seq in before_test.items():
+        n_before = int(np.searchsorted(np.asarray(times[user][: len(seq)], dtype=np.float64), cut, side="right"))
+        if min(n_before, len(fit_on.get(user, []))):
+            train[user] = seq[: min(n_before, len(fit_on[user]))]
+        seen = set(seq[:n_before])
+        later = list(dict.fromkeys(i for i in seq[n_before:] if i not in seen))
+        if n_before and later:
+            users.append(user)
+            histories.append(seq[:n_before])
+            targets.append(later[0])
+            all_targets.append(later)
+    valid = EvalSet(users, histories, np.asarray(targets, dtype=np.int64), all_targets)
+    return LooSplit(train=train, valid=valid, test=split.test)
 
 
 @dataclass

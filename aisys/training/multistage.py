@@ -1,14 +1,16 @@
 """Train the multi-stage model: SASRec on Ray Train, the closed-form generators as Ray tasks, the blend on valid.
 
-On the snapshot's leave-last-one-out split (:mod:`aisys.training.pipeline` makes it):
+On the snapshot's leave-last-one-out split, its validation as ``model.stages.validation`` says (next-item
+requests, the returning users of a time cut, or both: :func:`aisys.quality.protocol.time_cut_validation`;
+:mod:`aisys.training.pipeline` makes it):
 
 1. every closed-form generator (:mod:`aisys.models.stages`) is fit twice as Ray tasks (``num_cpus=1``),
    submitted before SASRec so they run beside it: on ``split.train`` (for tuning) and on train + valid
    (for the bundle). Nothing is ever fit on the test item: the gate's holdout is that item;
 2. SASRec trains on Ray Train exactly as for ``model.kind: sasrec``
    (:func:`~aisys.training.ray_train.train_with_ray`, valid per epoch);
-3. the blend (:func:`~aisys.models.blend_tuning.tune_blend`) is tuned on the valid targets with every
-   generator fit on ``split.train``, each user's gap = valid target's time - newest train event's time;
+3. the blend (:func:`~aisys.models.blend_tuning.tune_blend`) is tuned on the valid requests' first targets with
+   every generator fit on ``split.train``, each request's gap = its first target's time - its history's newest;
 4. the ranking stage (``model.stages.ranking``; :mod:`aisys.models.ranking_choice`): ``auto`` scores the blend
    and a LightGBM ranker out of fold on the valid users and keeps the ranker only if it wins; the ranker that
    ships is trained on every valid user, its item activity replayed from the train events as of each valid
@@ -123,14 +125,20 @@ def score_sessions_metrics(
     return summarize_ranks(np.concatenate(ranks), np.concatenate(recommended), n_cols - 1, k, item_popularity)
 
 
-def valid_and_test_gaps(
-    times: Mapping[str, Sequence[float]], valid_users: Sequence[str], test_users: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each evaluated user's request gap (``h`` their history): valid = time of ``h[-2]`` - time of ``h[-3]``;
-    test = time of ``h[-1]`` - time of ``h[-2]``."""
-    valid = np.array([seconds_since_last_event(times[u][-3], times[u][-2]) for u in valid_users], np.float64)
-    test = np.array([seconds_since_last_event(times[u][-2], times[u][-1]) for u in test_users], np.float64)
-    return valid, test
+def request_gaps(
+    times: Mapping[str, Sequence[float]], users: Sequence[str], histories: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Each request's gap: the time of the user's first event after ``history`` (the request) minus that of
+    their newest event in it (loo valid: ``h[-2]``'s time - ``h[-3]``'s; test: ``h[-1]``'s - ``h[-2]``'s)."""
+    return np.array([seconds_since_last_event(times[u][len(h) - 1], times[u][len(h)])
+                     for u, h in zip(users, histories)], np.float64)
+
+
+def request_times(
+    times: Mapping[str, Sequence[float]], users: Sequence[str], histories: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Each request's time: that of the user's first event after ``history`` (the request's first target)."""
+    return np.array([times[u][len(h)] for u, h in zip(users, histories)], dtype=np.float64)
 
 
 def multistage_test_metrics(
@@ -139,8 +147,8 @@ def multistage_test_metrics(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Test metrics of the scorer that ships (each request at its target's time), and the MLflow figures of the
     ranking stage: the choice, both out-of-fold valid NDCG@10 and, when a ranker was trained, both test NDCG@10."""
-    _, gaps = valid_and_test_gaps(times, [], test.users)
-    now = request_times(times, test.users, -1)
+    gaps = request_gaps(times, test.users, test.histories)
+    now = request_times(times, test.users, test.histories)
     metrics = score_sessions_metrics(fit.scorer, test.histories, test.targets, gaps, k, item_popularity, now_s=now)
     logged = fit.ranking_metrics()
     if fit.ranker is not None and fit.blend_scorer is not None:
@@ -151,11 +159,6 @@ def multistage_test_metrics(
         ranker_m, blend_m = (metrics, other_metrics) if shipped_is_ranker else (other_metrics, metrics)
         logged.update({f"test_blend_ndcg@{k}": blend_m[f"ndcg@{k}"], f"test_ranker_ndcg@{k}": ranker_m[f"ndcg@{k}"]})
     return metrics, logged
-
-
-def request_times(times: Mapping[str, Sequence[float]], users: Sequence[str], offset: int) -> np.ndarray:
-    """Each user's request time: the time of their ``offset``-th last event (-2: the valid target, -1: test)."""
-    return np.array([times[u][offset] for u in users], dtype=np.float64)
 
 
 def _fit_all_with_ray(
@@ -226,8 +229,9 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     specs = stage_specs(stages_cfg, n_items, titles is not None)
     train = {u: list(seq) for u, seq in split.train.items()}
     train_times = {u: list(times[u][: len(seq)]) for u, seq in train.items()}
-    # Train + valid: everything but each evaluated user's last (test) item; short users are wholly train already.
-    full = {u: list(seq) for u, seq in train.items()}
+    # Train + valid: everything but each evaluated user's last (test) item (short users wholly); with a time-cut
+    # validation ``split.train`` holds only the events before the cut, so this comes from ``histories``.
+    full = {u: list(seq) for u, seq in histories.items() if seq}
     full.update({u: list(h) for u, h in zip(split.test.users, split.test.histories)})  # h = history[:-1]
     full_times = {u: list(times[u][: len(seq)]) for u, seq in full.items()}
     seconds: dict[str, float] = {}
@@ -247,7 +251,7 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     started = time.perf_counter()
     sasrec = sasrec_scorer(result)
     valid = split.valid
-    valid_gaps, test_gaps = valid_and_test_gaps(times, valid.users, split.test.users)
+    valid_gaps = request_gaps(times, valid.users, valid.histories)
     raw = {SASREC_STAGE: sasrec.score_sessions(valid.histories)}
     for spec in specs:
         raw[spec.name] = score_stage(spec, fitted[("train", spec.name)], valid.histories)
@@ -271,14 +275,14 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     train_arrays = {spec.name: fitted[("train", spec.name)] for spec in specs}
     task = ValidTask(
         raw=raw, histories=valid.histories, targets=np.asarray(valid.targets, dtype=np.int64), gaps=valid_gaps,
-        request_times=request_times(times, valid.users, -2),
+        request_times=request_times(times, valid.users, valid.histories),
         activity=PointInTimeActivity(n_items, *_events(train, train_times)),
         categories=fit.categories,
         tune=lambda rows: tune_blend({n: m[rows] for n, m in z.items()}, valid.targets[rows],
                                      [valid.histories[i] for i in rows], valid_gaps[rows], **tune_options),
         blend_for=lambda choice, scores, gaps: MultistageScorer(sasrec, specs, train_arrays, choice).blend_scores(
             scores, gaps),
-        depth=stages_cfg.ranker_depth,
+        depth=stages_cfg.ranker_depth, all_targets=valid.all_targets, users=valid.users,
     )
     from lightgbm.basic import LightGBMError
 

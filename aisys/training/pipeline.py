@@ -32,7 +32,7 @@ from aisys.features.sequences import build_vocabulary, user_histories
 from aisys.models.bundle import ModelBundle
 from aisys.models.popularity import PopularityModel
 from aisys.models.sasrec import MODEL_KIND, SASRec, SASRecConfig
-from aisys.quality.protocol import leave_last_one_out
+from aisys.quality.protocol import leave_last_one_out, time_cut_validation
 from aisys.training.loop import evaluate
 
 EVAL_K = 10
@@ -102,6 +102,8 @@ def train_model(
         raise ValueError(
             f"snapshot {snapshot_id!r}: no user has the 3 interactions needed for validation and test"
         )
+    if cfg.model.kind == "multistage" and cfg.model.stages.validation != "next_item":
+        split = _time_cut_or_next_item(cfg, split, multistage_times(events, vocab))
     storage = Path(cfg.paths.workspace) / "ray_results"
     max_len = cfg.features.max_seq_len
     step("train")
@@ -158,6 +160,7 @@ def train_model(
         "data.n_events": events.num_rows,
         "data.n_users": len(histories),
         "data.n_eval_users": len(split.test),
+        "data.n_valid_users": len(split.valid),
         "best_epoch": result.best_epoch,
     }
     logged = {
@@ -174,6 +177,20 @@ def train_model(
     return TrainedModel(
         bundle=bundle, metrics=metrics, baseline_metrics=baseline, history=result.history, params=params, logged=logged
     )
+
+
+def _time_cut_or_next_item(cfg: AppConfig, split: Any, times: dict[str, list[float]]) -> Any:
+    """``split`` validated on a time cut (``model.stages.validation``: time_cut or mixed;
+    :func:`~aisys.quality.protocol.time_cut_validation`), or as it is when fewer than
+    ``model.stages.time_cut_min_users`` users come back after the cut."""
+    mixed = cfg.model.stages.validation == "mixed"
+    cut = time_cut_validation(split, times, keep_next_item=mixed)
+    returning = len(cut.valid) - (len(split.valid) if mixed else 0)
+    if returning >= cfg.model.stages.time_cut_min_users:
+        return cut
+    logger.warning("time-cut validation: %d users on both sides of the cut (< model.stages.time_cut_min_users "
+                   "%d); validating on each user's next item instead", returning, cfg.model.stages.time_cut_min_users)
+    return split
 
 
 def _sasrec(result: Any) -> SASRec:

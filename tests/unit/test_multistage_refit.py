@@ -98,3 +98,24 @@ def test_the_shipped_sasrec_is_refit_on_train_and_valid_after_the_choices(sync_r
     assert result.state_dict == {"w": "train+valid"}
     assert fit.scorer is fit.blend_scorer and fit.scorer.sasrec.shift == 1
     assert "sasrec_refit" in fit.seconds
+
+
+def test_a_time_cut_validation_still_refits_on_every_event_but_the_test_items(sync_ray):
+    from aisys.quality.protocol import time_cut_validation
+
+    cfg = load_config(None, ["model.stages.ranking=blend", "model.stages.title=false"])
+    histories, times = _data()
+    times = {u: [t + 600.0 * int(u[1:]) for t in stamps] for u, stamps in times.items()}  # users staggered in time
+    split = time_cut_validation(leave_last_one_out(histories), times)
+    assert 0 < len(split.valid) < len(histories)  # some users straddle the cut, not all
+    refits = []
+
+    def refit_sasrec(result, train_and_valid):
+        refits.append(train_and_valid)
+        return _Result({"w": "train+valid"}, best_epoch=-1)
+
+    _, fit = train_multistage(cfg, histories, times, split, N_ITEMS, None, lambda: _Result({"w": "train"}),
+                              lambda result: _Scorer(0), refit_sasrec=refit_sasrec)
+
+    assert fit.blend.valid_ndcg == pytest.approx(1.0)  # the first item after the cut is last + 1 too
+    assert refits == [{u: h[:-1] for u, h in histories.items()}]  # not only the events before the cut

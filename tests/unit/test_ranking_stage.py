@@ -213,3 +213,13 @@ def test_the_response_cache_is_not_shared_across_gap_buckets(monkeypatch):
 
     asyncio.run(scenario())
     assert (cache.hits, cache.misses) == (1, 2)
+def test_folds_keep_every_request_of_a_user_together():
+    from aisys.models.ranking_choice import fold_assignment
+
+    users = ["a", "b", "c", "a", "d", "b", "e", "f"]
+    folds = fold_assignment(len(users), 3, seed=0, users=users)
+    assert folds[0] == folds[3] and folds[1] == folds[5]
+    assert set(folds.tolist()) == {0, 1, 2}
+    # Without repeated users, the folds are those of a plain permutation of the requests.
+    unique = fold_assignment(6, 3, seed=0, users=list("abcdef"))
+    assert unique.tolist() == fold_assignment(6, 3, seed=0).tolist()
