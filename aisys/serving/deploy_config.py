@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from aisys.config import AppConfig, ConfigError, cli_overrides, config_from_dict, deep_merge
-from aisys.runtime import ingress_environment
+from aisys.runtime.ingress import ingress_environment
 from aisys.serving.serve_yaml import render_rayservice, render_serve_config
 
 WRITE_COMMAND = "aisys deploy-config --write"
@@ -65,8 +65,8 @@ def ingress_variables(ingress: str) -> dict[str, str]:
     """The variables that select ``ingress``, each value quoted as a shell line sets it (HAProxy: plus the shim)."""
     variables = {key: shlex.quote(value) for key, value in ingress_environment(ingress).items()}
     if "RAY_SERVE_ENABLE_HA_PROXY" in variables:
-        # aisys.runtime.apply_ingress_environment writes it for `aisys serve`; by hand it is one command.
-        shim = "from aisys.runtime import write_haproxy_shim as w; print(w())"
+        # aisys.runtime.ingress.apply_ingress_environment writes it for `aisys serve`; by hand it is one command.
+        shim = "from aisys.runtime.ingress import write_haproxy_shim as w; print(w())"
         variables["RAY_SERVE_HAPROXY_BINARY_PATH"] = f"\"$(python -c '{shim}')\""
     return variables
 

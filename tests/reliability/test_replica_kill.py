@@ -3,7 +3,7 @@
 Serve's own router retries a request only before it is assigned to a replica, so requests in flight on a
 killed replica fail (``test_serving_faults.py`` counts them, behind Serve's Python proxy). The edge fix is a
 load balancer that replays idempotent requests on another replica: ``serve.ingress: haproxy`` (Ray's bundled
-HAProxy, with ``retry-on`` widened and ``option http-buffer-request`` added by ``aisys.runtime``). Every route
+HAProxy, with ``retry-on`` widened and ``option http-buffer-request`` added by ``aisys.runtime.ingress``). Every route
 is idempotent: GETs are, and a replayed ``POST /events`` carries the same ``event_id``, which the session
 store applies once and ingestion keeps once.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from aisys.runtime import HAPROXY_RETRY_ON, apply_ingress_environment, ingress_environment
+from aisys.runtime.ingress import HAPROXY_RETRY_ON, apply_ingress_environment, ingress_environment
 from tests.conftest import seed_mlflow_db
 from tests.reliability.conftest import report_figure
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from aisys.config import load_config
-from aisys.runtime import INGRESS_ENV, ingress_environment
+from aisys.runtime.ingress import INGRESS_ENV, ingress_environment
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO / "cluster" / "kuberay"

@@ -1,12 +1,12 @@
 """A private Ray's HAProxy gets its own side ports and keeps its stats page and exporter on loopback
-(aisys.runtime.private_haproxy_environment and the shim), so two HAProxy-mode Rays can share a machine."""
+(aisys.runtime.ingress.private_haproxy_environment and the shim), so two HAProxy-mode Rays can share a machine."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from aisys.runtime import HAPROXY_SIDE_HOST_ENV, HAPROXY_SIDE_PORTS, private_haproxy_environment, write_haproxy_shim
+from aisys.runtime.ingress import HAPROXY_SIDE_HOST_ENV, HAPROXY_SIDE_PORTS, private_haproxy_environment, write_haproxy_shim
 
 CONFIG = """global
     stats socket /tmp/admin.sock mode 666 level admin
