@@ -95,9 +95,16 @@ def blend_z_scores(z_scores: Sequence[np.ndarray], row_weights: np.ndarray) -> n
 
 
 class _ValidSet:
-    """The valid users' z-scores stacked once, with the ranking rules of :mod:`aisys.quality.ranking`."""
+    """The valid users' z-scores stacked once, with the ranking rules of :mod:`aisys.quality.ranking`.
 
-    def __init__(self, z: Sequence[np.ndarray], targets: np.ndarray, exclude: Sequence[Sequence[int]], k: int):
+    With ``all_targets`` (one or more relevant items per user: a returning user's every later item) the NDCG is
+    the protocol's multi-target one: each target's gain at its position in the list, over the ideal list's.
+    A target's position counts every competing item scoring at least as high, other targets included (the
+    protocol orders equal-scoring targets by index: it differs only when two targets tie exactly).
+    """
+
+    def __init__(self, z: Sequence[np.ndarray], targets: np.ndarray, exclude: Sequence[Sequence[int]], k: int,
+                 all_targets: Sequence[Sequence[int]] | None = None):
         finite = np.logical_and.reduce([np.isfinite(m) for m in z])
         self.stack = np.stack([np.where(finite, m, 0.0).astype(np.float32) for m in z])  # (S, U, V)
         n_users = self.stack.shape[1]
@@ -108,18 +115,42 @@ class _ValidSet:
                 penalty[u, np.asarray(items, dtype=np.int64)] = -np.inf
         self.targets = np.asarray(targets, dtype=np.int64)
         penalty[np.arange(n_users), self.targets] = 0.0  # the target always competes
+        self.pairs = None
+        if all_targets is not None and any(len(t) > 1 for t in all_targets):
+            if len(all_targets) != n_users:
+                raise ValueError(f"all_targets needs one entry per valid user ({n_users})")
+            lengths = np.array([len(t) for t in all_targets], dtype=np.int64)
+            pair_user = np.repeat(np.arange(n_users), lengths)
+            pair_item = np.concatenate([np.asarray(t, dtype=np.int64) for t in all_targets])
+            penalty[pair_user, pair_item] = 0.0
+            discounts = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))
+            self.pairs = (pair_user, pair_item, discounts[np.minimum(lengths, k) - 1])
         self.penalty, self.k = penalty, k
 
     def ndcg(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Per-user NDCG@k of the blend with ``weights`` (S,) over ``rows`` (all users by default)."""
         stack = self.stack if rows is None else self.stack[:, rows]
         penalty = self.penalty if rows is None else self.penalty[rows]
-        targets = self.targets if rows is None else self.targets[rows]
         scores = np.tensordot(np.asarray(weights, dtype=np.float32), stack, axes=1) + penalty  # (U, V)
+        if self.pairs is not None:
+            return self._multi_target_ndcg(scores, rows)
+        targets = self.targets if rows is None else self.targets[rows]
         target = scores[np.arange(scores.shape[0]), targets][:, None]
         # Pessimistic ties: every competitor scoring >= the target ranks ahead (the target itself counted once).
         ranks = (scores >= target).sum(axis=1) - 1
         return np.where(ranks < self.k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+    def _multi_target_ndcg(self, scores: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        pair_user, pair_item, ideal = self.pairs
+        if rows is not None:
+            row_of = np.full(self.stack.shape[1], -1, dtype=np.int64)
+            row_of[rows] = np.arange(len(rows))
+            keep = row_of[pair_user] >= 0
+            pair_user, pair_item, ideal = row_of[pair_user[keep]], pair_item[keep], ideal[rows]
+        target = scores[pair_user, pair_item]
+        ranks = (scores[pair_user] >= target[:, None]).sum(axis=1) - 1
+        gains = np.where(ranks < self.k, 1.0 / np.log2(ranks + 2.0), 0.0)
+        return np.bincount(pair_user, gains, minlength=scores.shape[0]) / ideal
 
 
 def _coordinate_search(
@@ -185,12 +216,15 @@ def tune_blend(
     gap_thresholds: Sequence[float] = CONTEXT_GAP_THRESHOLDS,
     min_gain: float = CONTEXT_MIN_GAIN,
     k: int = K,
+    all_targets: Sequence[Sequence[int]] | None = None,
 ) -> BlendChoice:
     """Choose the blend on valid (see the module docstring).
 
     ``z_scores[name]``: generator ``name``'s standardised (U, n_items + 1) scores of the valid users;
     ``targets``: their valid items; ``exclude``: their histories (never ranked, as in the metrics);
-    ``gaps``: seconds from each user's newest history event to the target's time (NaN: bucket 0).
+    ``gaps``: seconds from each user's newest history event to the target's time (NaN: bucket 0);
+    ``all_targets``: every relevant item of each user (a returning user's several; None: ``targets`` only),
+    which the NDCG is then computed over.
     """
     names = list(z_scores)
     if base not in names:
@@ -198,7 +232,7 @@ def tune_blend(
     gaps = np.asarray(gaps, dtype=np.float64)
     if gaps.shape != (len(targets),) or len(exclude) != len(targets):
         raise ValueError(f"gaps and exclude need one entry per valid user ({len(targets)})")
-    data = _ValidSet([z_scores[n] for n in names], targets, exclude, k)
+    data = _ValidSet([z_scores[n] for n in names], targets, exclude, k, all_targets)
     n_users, b = len(targets), names.index(base)
     start = np.zeros(len(names))
     start[b] = 1.0

@@ -9,8 +9,9 @@ requests, the returning users of a time cut, or both: :func:`aisys.quality.proto
    (for the bundle). Nothing is ever fit on the test item: the gate's holdout is that item;
 2. SASRec trains on Ray Train exactly as for ``model.kind: sasrec``
    (:func:`~aisys.training.ray_train.train_with_ray`, valid per epoch);
-3. the blend (:func:`~aisys.models.blend_tuning.tune_blend`) is tuned on the valid requests' first targets with
-   every generator fit on ``split.train``, each request's gap = its first target's time - its history's newest;
+3. the blend (:func:`~aisys.models.blend_tuning.tune_blend`) is tuned on the valid requests (a returning user's
+   NDCG over their every later item) with every generator fit on ``split.train``, each request's gap = its first
+   target's time - its history's newest;
 4. the ranking stage (``model.stages.ranking``; :mod:`aisys.models.ranking_choice`): ``auto`` scores the blend
    and a LightGBM ranker out of fold on the valid users and keeps the ranker only if it wins; the ranker that
    ships is trained on every valid user, its item activity replayed from the train events as of each valid
@@ -258,7 +259,7 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     z = {name: _z(scores) for name, scores in raw.items()}
     tune_options = {"weight_grid": stages_cfg.weight_grid, "base_weight_grid": stages_cfg.sasrec_weight_grid,
                     "gap_thresholds": stages_cfg.gap_thresholds_s, "min_gain": stages_cfg.min_gain}
-    blend = tune_blend(z, valid.targets, valid.histories, valid_gaps, **tune_options)
+    blend = tune_blend(z, valid.targets, valid.histories, valid_gaps, all_targets=valid.all_targets, **tune_options)
     seconds["tune"] = time.perf_counter() - started
     logger.info("multistage blend: %s (valid ndcg@10 %.4f)", blend.to_dict(), blend.valid_ndcg)
     arrays = {name: fitted[("full", name)] if ("full", name) in fitted else fitted[("train", name)]
@@ -279,7 +280,10 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
         activity=PointInTimeActivity(n_items, *_events(train, train_times)),
         categories=fit.categories,
         tune=lambda rows: tune_blend({n: m[rows] for n, m in z.items()}, valid.targets[rows],
-                                     [valid.histories[i] for i in rows], valid_gaps[rows], **tune_options),
+                                     [valid.histories[i] for i in rows], valid_gaps[rows],
+                                     all_targets=None if valid.all_targets is None else [valid.all_targets[i]
+                                                                                         for i in rows],
+                                     **tune_options),
         blend_for=lambda choice, scores, gaps: MultistageScorer(sasrec, specs, train_arrays, choice).blend_scores(
             scores, gaps),
         depth=stages_cfg.ranker_depth, all_targets=valid.all_targets, users=valid.users,

@@ -229,3 +229,24 @@ def test_sparse_recency_rows_equal_the_dense_recency_matrix():
     assert np.allclose(recency_rows(histories, 6, 0.5).toarray(), recency_matrix(histories, 6, 0.5))
     with pytest.raises(ValueError, match="outside 1..6"):
         recency_rows([[7]], 6, 1.0)
+
+
+def test_the_blend_tuning_scores_several_targets_as_the_protocol_does():
+    from aisys.models.blend_tuning import _ValidSet
+    from aisys.quality.ranking import user_metrics
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 30, 40
+    z = [rng.normal(size=(n_users, n_items + 1)) for _ in range(2)]
+    for m in z:
+        m[:, 0] = -np.inf  # padding
+    histories = [list(rng.choice(np.arange(1, n_items + 1), 3, replace=False)) for _ in range(n_users)]
+    all_targets = [[int(i) for i in rng.choice([j for j in range(1, n_items + 1) if j not in h], int(rng.integers(1, 6)),
+                                               replace=False)] for h in histories]
+    data = _ValidSet(z, np.array([t[0] for t in all_targets]), histories, 10, all_targets)
+    weights = np.array([1.0, 0.5])
+    blended = weights[0] * z[0] + weights[1] * z[1]
+    expected = user_metrics(blended, all_targets, histories, 10).ndcg
+    np.testing.assert_allclose(data.ndcg(weights), expected, atol=1e-6)
+    rows = np.array([3, 7, 11, 29])
+    np.testing.assert_allclose(data.ndcg(weights, rows), expected[rows], atol=1e-6)

@@ -117,5 +117,6 @@ def test_a_time_cut_validation_still_refits_on_every_event_but_the_test_items(sy
     _, fit = train_multistage(cfg, histories, times, split, N_ITEMS, None, lambda: _Result({"w": "train"}),
                               lambda result: _Scorer(0), refit_sasrec=refit_sasrec)
 
-    assert fit.blend.valid_ndcg == pytest.approx(1.0)  # the first item after the cut is last + 1 too
+    # The first item after the cut is last + 1, ranked first; a returning user's later items count too (below 1).
+    assert 0.9 < fit.blend.valid_ndcg < 1.0
     assert refits == [{u: h[:-1] for u, h in histories.items()}]  # not only the events before the cut
