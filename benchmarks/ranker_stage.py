@@ -12,9 +12,8 @@ For each split and seed, with `aisys train`'s own settings (the defaults, or ``-
    through ``MultistageScorer`` / ``RankedMultistageScorer`` (the serving scorers), each request at its time,
    the ranker's item activity replayed from the test task's train events.
 
-The blend is tuned on each valid user's first target (``tune_blend`` takes one "next item" per request); the
-ranker's labels and both out-of-fold figures use every target (a temporal user's several), and so does test
-(docs/evaluation.md's metrics).
+The blend's tuning, the ranker's labels and both out-of-fold figures use every target of a valid user (a temporal
+user's several), as training does, and so does test (docs/evaluation.md's metrics).
 
     python benchmarks/ranker_stage.py --splits loo temporal --seeds 0 --cache-dir /tmp/mlcache \\
         --fit-cache /tmp/ranker-stage/fits --out benchmarks/results/ranker_stage.json
@@ -108,7 +107,8 @@ def run_split(split: str, seed: int, overrides: list[str], fit_cache: str, log) 
         request_times=request_times(valid, valid_times, gaps),
         activity=PointInTimeActivity(valid.n_items, *events_of(valid, valid_times)), categories=categories,
         tune=lambda rows: tune_blend({n: m[rows] for n, m in z.items()}, targets[rows],
-                                     [histories[i] for i in rows], gaps[rows], **tune_options),
+                                     [histories[i] for i in rows], gaps[rows],
+                                     all_targets=[valid.targets[i] for i in rows], **tune_options),
         blend_for=lambda choice, scores, g: MultistageScorer(sasrec, specs, train_arrays, choice).blend_scores(
             scores, g),
         depth=stages.ranker_depth, all_targets=valid.targets,
