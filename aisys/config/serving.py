@@ -59,6 +59,14 @@ class ServeConfig(_Section):
         "an ingest on the same local Ray still finds the CPUs it found beside the old single replica.",
     )
     replica_memory_mb: int | None = Field(None, ge=1, description="Memory each replica reserves when scheduled; None: none.")
+    user_code_thread: bool = Field(
+        False,
+        description="Run the app in each replica on a thread and event loop of its own (Ray Serve's default, "
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1) instead of on the replica's own loop. Off by default: the "
+        "app never blocks its loop (scoring and model loads run in worker threads), and the hop between the two "
+        "loops cost throughput and latency (measured, docs/serving.md, Benchmarks). Set through the replicas' "
+        "runtime_env, so it travels with the deployment and its Serve YAML.",
+    )
     max_batch_size: int = Field(32, ge=1, description="Requests scored in one forward pass (@serve.batch; user_config).")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill (user_config).")
     require_recorded_promotion: bool = Field(
@@ -214,6 +222,13 @@ class OnlineConfig(_Section):
         "when an event arrives (a long poll): an idle store costs a replica about one call per this many seconds "
         "instead of one per session_sync_every_s, and a change made while a call waits reaches the replica at once. "
         "The bound above is unchanged. 0: every sync answers at once (one call per session_sync_every_s).",
+    )
+    session_warm_users: int = Field(
+        10_000, ge=0,
+        description="With the shared session actor, each replica's copy starts holding the sessions of this many "
+        "most recently active users, taken from the actor in one call while the replica starts, so their first "
+        "request on the replica makes no actor call (about 2 ms each, measured; docs/serving.md, Session store). "
+        "0: the copy starts empty and fills on first reads.",
     )
     stock_file: str | None = Field(
         None, description="JSON file of out-of-stock items shared by replicas; default <workspace>/online/stock.json."

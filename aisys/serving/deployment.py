@@ -243,6 +243,9 @@ class RecommenderService:
         )
         self.follower.start()
         self.catalogue = await asyncio.to_thread(load_catalogue, cfg, champion.info.snapshot_id)
+        prime = getattr(store, "prime", None)
+        if callable(prime):  # the replica-local session copy: take its warm users now, not on the first request
+            await prime()
 
     def __serve_build_asgi_app__(self):
         """Called by Serve after ``__init__``: the routes bound to this replica's service, and the pages."""

@@ -51,7 +51,9 @@ from aisys.gateway.errors import install_error_handlers
 from aisys.serving.service import OnlineService, UnknownItem
 
 
-def _service(request: Request) -> OnlineService:
+async def _service(request: Request) -> OnlineService:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request
+    # (profiled in a replica under load: ~10% of its samples, a thread started per request; docs/serving.md)
     return request.app.state.service
 
 
@@ -73,7 +75,7 @@ def _guard(gateway: Any, scope: str) -> list:
 def _caller(gateway: Any, scope: str) -> Any:
     """A dependency enforcing ``scope`` that returns the caller's Principal (None without a gateway)."""
     if gateway is None:
-        def nobody() -> None:
+        async def nobody() -> None:
             return None
 
         return nobody

@@ -150,13 +150,14 @@ class JsonFileInventory(Inventory):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._path_text = str(self.path)  # os.stat on a str: a per-request call, without pathlib's overhead
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._gone: frozenset[str] = frozenset()
 
     def out_of_stock(self) -> frozenset[str]:
         try:
-            stat = self.path.stat()
+            stat = os.stat(self._path_text)
         except FileNotFoundError:
             return frozenset()
         stamp = (stat.st_mtime_ns, stat.st_size)

@@ -23,6 +23,7 @@ APP_NAME = "aisys"  # the Serve application name (aisys.serving.app.APP_NAME)
 DEPLOYMENT_NAME = "RecommenderService"  # the deployment's name (aisys.serving.deployment.DEPLOYMENT_NAME)
 IMPORT_PATH = "aisys.serving.app:build_app"
 PROXY_LOCATION = "EveryNode"
+USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"  # serve.user_code_thread
 
 WIDTH = 118  # longest line written
 COMMENT_COLUMN = 44  # where an inline comment starts when the setting is shorter
@@ -91,6 +92,9 @@ def deployment_options(cfg: AppConfig) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": replica_cpus(cfg)}
     if serve.replica_memory_mb is not None:
         actor["memory"] = serve.replica_memory_mb * 1024 * 1024  # Ray counts bytes
+    # Serve reads it when a replica's process starts; as an env var of the replicas' runtime_env it reaches them
+    # wherever they run (an application's runtime_env, e.g. a working_dir, still applies: Serve merges the two).
+    actor["runtime_env"] = {"env_vars": {USER_CODE_THREAD_ENV: "1" if serve.user_code_thread else "0"}}
     return {
         **replica_options(cfg),
         "max_ongoing_requests": serve.max_ongoing_requests,
@@ -251,6 +255,8 @@ def _notes(cfg: AppConfig, source: str) -> dict[str, str]:
                                           "to a retrain or an ingest on the same Ray")),
         f"{deployment}.ray_actor_options.memory": (
             "serve.replica_memory_mb, in bytes: the model, every user's history and the session cache"),
+        f"{deployment}.ray_actor_options.runtime_env.env_vars.{USER_CODE_THREAD_ENV}": (
+            "serve.user_code_thread: 0 runs the app on the replica's own event loop (faster, measured)"),
         f"{deployment}.user_config": "live-tunable without a restart (RecommenderService.reconfigure)",
         f"{deployment}.user_config.max_batch_size": "serve.max_batch_size: requests in one forward pass",
         f"{deployment}.user_config.batch_wait_timeout_s": "serve.batch_wait_timeout_s: wait for a batch to fill",

@@ -178,10 +178,11 @@ class OnlineService:
             raise LookupError("no model is loaded; check the replica log and /healthz")
         session = await self.store.get(user_id)
         now = time.time()  # the request time: a context-aware model ranks by the gap since the user's last event
-        # The fields of aisys.gateway.cache.CacheKey, in its order.
-        key = (user_id, k, served.version, arm, session.last_event_id, served.recommender.context_key(session, now))
         out_of_stock = self.inventory.out_of_stock()
+        key = None
         if self.cache is not None:
+            # The fields of aisys.gateway.cache.CacheKey, in its order (built only for a cache: it costs a little).
+            key = (user_id, k, served.version, arm, session.last_event_id, served.recommender.context_key(session, now))
             cached = self.cache.get(key)
             # A cached list holding an item that went out of stock since (on any replica) is a miss.
             hit = cached is not None and not any(item.item_id in out_of_stock for item in cached.items)
@@ -198,7 +199,7 @@ class OnlineService:
             self.counters.fallbacks[(arm, rec.fallback_reason)] += 1
         out = _response(user_id, k, rec, arm, served)
         self.telemetry.answered(out)
-        if self.cache is not None and rec.fallback_reason not in DEGRADED_REASONS:
+        if key is not None and rec.fallback_reason not in DEGRADED_REASONS:
             self.cache.put(key, out)
         return out
 

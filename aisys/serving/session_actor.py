@@ -86,6 +86,9 @@ class ActorSessionStore(SessionStore):
     async def changes_since(self, cursor: tuple[str, int] | None, wait_s: float = 0.0):
         return await self.handle.changes_since.remote(cursor, wait_s)
 
+    async def recent_sessions(self, limit: int):
+        return await self.handle.recent_sessions.remote(limit)
+
 
 def get_or_create_session_actor(cfg: AppConfig, max_items: int | None = None):
     """The workspace's session actor, created on first use (race-free: ``get_if_exists``).
@@ -113,7 +116,7 @@ def actor_session_store(cfg: AppConfig) -> SessionStore:
     from aisys.serving.session_cache import ReplicaSessionCache
 
     return ReplicaSessionCache(shared, cfg.online.session_sync_every_s, cfg.online.max_sessions,
-                               sync_wait_s=cfg.online.session_sync_wait_s)
+                               sync_wait_s=cfg.online.session_sync_wait_s, warm_users=cfg.online.session_warm_users)
 
 
 def drop_session_actor(cfg: AppConfig) -> bool:

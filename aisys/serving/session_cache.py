@@ -89,6 +89,12 @@ class VersionedSessionStore(InMemorySessionStore):
             self._floor = self._seq  # every copy may hold a seeded user as unknown: all start over
         return seeded
 
+    async def recent_sessions(self, limit: int) -> tuple[str, int, dict[str, tuple[UserSession, int]]]:
+        """``(epoch, seq, {user: (session, seq)})`` of the ``limit`` most recently used users, in one answer: a
+        copy that starts from it and syncs from ``(epoch, seq)`` misses no change (the state and the cursor
+        are taken together)."""
+        return self._epoch, self._seq, {user: (session, self._seq) for user, session in self.table.most_recent(limit)}
+
     async def changes_since(self, cursor: tuple[str, int] | None, wait_s: float = 0.0
                             ) -> tuple[str, int, dict[str, tuple[UserSession, int]] | None]:
         """``(epoch, seq, {user: (session, seq)})`` changed after ``cursor``; ``None`` for "reload everything".
@@ -119,33 +125,48 @@ class ReplicaSessionCache(SessionStore):
     """:class:`SessionStore` over a shared store, read from a local copy kept fresh by a short sync."""
 
     def __init__(self, shared: Any, sync_every_s: float = 0.1, max_users: int = 1_000_000,
-                 sync_wait_s: float = 0.0) -> None:
-        """``shared`` is a versioned shared store (``get_many_versioned``, ``apply_versioned``, ``changes_since``).
+                 sync_wait_s: float = 0.0, warm_users: int = 0) -> None:
+        """``shared`` is a versioned shared store (``get_many_versioned``, ``apply_versioned``, ``changes_since``,
+        ``recent_sessions``).
 
         ``sync_wait_s > 0``: the background sync long-polls (``changes_since(cursor, wait_s)``): the shared store
         holds the call while nothing changed, so an idle store costs one call per ``sync_wait_s``, not one per
         ``sync_every_s``; a change still reaches this copy within ``sync_every_s`` plus one call.
+        ``warm_users > 0``: the copy starts (and starts over after a reset) holding the shared store's that many
+        most recently used users, taken in one call, so their first request on this replica makes none.
         """
-        if sync_every_s <= 0 or max_users < 1 or sync_wait_s < 0:
-            raise ValueError(f"need sync_every_s > 0, max_users >= 1 and sync_wait_s >= 0, got {sync_every_s}, "
-                             f"{max_users}, {sync_wait_s}")
+        if sync_every_s <= 0 or max_users < 1 or sync_wait_s < 0 or warm_users < 0:
+            raise ValueError(f"need sync_every_s > 0, max_users >= 1, sync_wait_s >= 0 and warm_users >= 0, got "
+                             f"{sync_every_s}, {max_users}, {sync_wait_s}, {warm_users}")
         self.shared = shared
         self.sync_every_s = sync_every_s
         self.sync_wait_s = sync_wait_s
         self.max_users = max_users
+        self.warm_users = min(warm_users, max_users)
         self._copy: collections.OrderedDict[str, tuple[UserSession, int]] = collections.OrderedDict()
         self._cursor: tuple[str, int] | None = None  # (the actor's epoch, its change number) at the last sync
         self._fetching: dict[str, asyncio.Future] = {}
         self._sync_task: asyncio.Task | None = None
+        self._first_sync: asyncio.Future | None = None  # the sync that takes the first cursor (see prime)
         self._generation = 0  # bumped by every reset: a fetch that crossed one does not refill the copy
-        self.hits = self.misses = self.syncs = self.sync_errors = self.resets = 0
+        self.hits = self.misses = self.syncs = self.sync_errors = self.resets = self.warmed = 0
 
     # --- the SessionStore interface -------------------------------------------------------------
 
-    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+    async def prime(self) -> None:
+        """Take the first cursor (and the warm users) now, e.g. while a replica starts, not on its first read.
+
+        Reads that arrive while it runs wait for the same call (one warm start, not one per read); a failed one
+        is tried again by the next read.
+        """
+        if self._cursor is None:  # take a cursor first, so nothing fetched can miss a change
+            if self._first_sync is None or self._first_sync.done():
+                self._first_sync = asyncio.ensure_future(self.sync())
+            await asyncio.shield(self._first_sync)
         self._start_sync()
-        if self._cursor is None:  # the first read: take a cursor first, so nothing fetched can miss a change
-            await self.sync()
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[UserSession]:
+        await self.prime()
         missing = [u for u in dict.fromkeys(user_ids) if u not in self._copy]
         self.hits += len(user_ids) - len(missing)
         if missing:
@@ -240,17 +261,26 @@ class ReplicaSessionCache(SessionStore):
 
         ``wait_s > 0``: the shared store may hold the call that long while nothing changed (a long poll).
         """
-        if wait_s > 0:
+        if self._cursor is None and self.warm_users:
+            epoch, seq, changed = None, 0, None  # the first sync: start from the warm users at once
+        elif wait_s > 0:
             epoch, seq, changed = await self.shared.changes_since(self._cursor, wait_s)
         else:
             epoch, seq, changed = await self.shared.changes_since(self._cursor)
         self.syncs += 1
-        if changed is None:  # the actor is new, or our cursor fell out of its change log: start over
+        if changed is None:  # the first sync, a new actor, or our cursor fell out of its change log: start over
             self._reset()
-            changed = {}
-        for user, (session, version) in changed.items():
-            if user in self._copy:  # users this replica never served need no copy
+            if not self.warm_users:
+                self._cursor = (epoch, seq)
+                return 0
+            epoch, seq, changed = await self.shared.recent_sessions(self.warm_users)
+            for user, (session, version) in reversed(changed.items()):  # oldest first: the newest end up last
                 self._put(user, session, version)
+            self.warmed += len(changed)
+        else:
+            for user, (session, version) in changed.items():
+                if user in self._copy:  # users this replica never served need no copy
+                    self._put(user, session, version)
         self._cursor = (epoch, seq)
         return len(changed)
 
@@ -265,6 +295,7 @@ class ReplicaSessionCache(SessionStore):
             pass
 
     def stats(self) -> dict[str, int]:
-        """Reads from the copy and from the shared store, syncs, failed syncs, resets, users held."""
+        """Reads from the copy and from the shared store, syncs, failed syncs, resets, users taken in warm starts,
+        users held."""
         return {"hits": self.hits, "misses": self.misses, "syncs": self.syncs, "sync_errors": self.sync_errors,
-                "resets": self.resets, "users": len(self._copy)}
+                "resets": self.resets, "warmed": self.warmed, "users": len(self._copy)}

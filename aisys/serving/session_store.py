@@ -29,6 +29,7 @@ ingestion keeps one row per ``event_id``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -110,6 +111,10 @@ class SessionTable:
                 self._sessions.move_to_end(user)  # recently used: evicted last
                 found.append(session)
         return found
+
+    def most_recent(self, limit: int) -> list[tuple[str, UserSession]]:
+        """The ``limit`` most recently used users and their sessions, newest first (their order is unchanged)."""
+        return list(itertools.islice(reversed(self._sessions.items()), max(0, limit)))
 
     def _put(self, user_id: str, session: UserSession) -> None:
         """Store ``session`` as the most recently used, evicting the least recently used beyond the cap."""

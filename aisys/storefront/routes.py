@@ -92,8 +92,8 @@ def _must_act_for(who: Any, user_id: str) -> None:
                            fields=[{"field": "path.user_id", "message": "not this session's user"}])
 
 
-def _no_guard(scope: str) -> Callable[..., None]:
-    def allow() -> None:
+def _no_guard(scope: str) -> Callable[..., Any]:
+    async def allow() -> None:
         return None
 
     return allow

@@ -23,6 +23,7 @@ from aisys.serving import deploy_config
 from aisys.serving.serve_yaml import (
     APP_NAME,
     DEPLOYMENT_NAME,
+    USER_CODE_THREAD_ENV,
     config_overrides,
     deployment_options,
     render_rayservice,
@@ -241,3 +242,15 @@ def test_render_rayservice_replaces_only_the_block():
         "a: 1\nspec:\n  serveConfigV2: |\n    new: 3\n\n    x: 4\n  other: kept\n")
     with pytest.raises(ValueError, match="serveConfigV2"):
         render_rayservice("spec: {}\n", "new: 3\n")
+
+
+def test_the_replicas_run_the_app_on_their_own_loop_unless_told_otherwise():
+    """serve.user_code_thread reaches the replicas as an env var of their runtime_env (Serve reads it when a
+    replica's process starts), so `aisys serve` and every generated Serve YAML carry it."""
+    def env_of(cfg):
+        return deployment_options(cfg)["ray_actor_options"]["runtime_env"]["env_vars"]
+
+    assert env_of(auto_config()) == {USER_CODE_THREAD_ENV: "0"}
+    assert env_of(auto_config(serve={"user_code_thread": True})) == {USER_CODE_THREAD_ENV: "1"}
+    text = deploy_config.render_serve_file(REPO, "configs/local.yaml", target="x.yaml")
+    assert deployment_of(text)["ray_actor_options"]["runtime_env"]["env_vars"] == {USER_CODE_THREAD_ENV: "0"}

@@ -129,3 +129,61 @@ def test_the_background_long_poll_sync_bounds_staleness_with_few_calls_while_idl
         replica_a.stop(), replica_b.stop()
 
     run(scenario())
+
+
+def test_a_warm_copy_starts_with_the_most_recent_users_and_misses_no_change():
+    async def scenario():
+        shared = CountingShared()
+        await shared.bulk_load({f"u{n}": UserSession(items=(f"i{n}",)) for n in range(5)}, "snap-1")
+        await shared.get_many_versioned(["u0"])  # u0 used last: the most recent
+        shared.reads = 0
+        replica = ReplicaSessionCache(shared, sync_every_s=3600, warm_users=3)
+        await replica.prime()
+        assert replica.warmed == 3 and set(replica._copy) == {"u0", "u3", "u4"}
+        assert (await replica.get("u0")).items == ("i0",) and shared.reads == 0  # held: no call
+        assert (await replica.get("u1")).items == ("i1",) and shared.reads == 1  # not warmed: fetched once
+        await shared.apply_versioned("u4", "e1", "x", "view")  # changed after the warm start ...
+        assert await replica.sync() == 1 and (await replica.get("u4")).items == ("i4", "x")  # ... reaches the copy
+
+        await shared.bulk_load({"s": UserSession(items=("s1",))}, "snap-2")  # a new snapshot: start over, warm
+        await replica.sync()
+        assert replica.resets == 2 and replica.warmed == 6 and "s" in replica._copy
+        assert replica.stats()["warmed"] == 6
+        replica.stop()
+
+    run(scenario())
+
+
+def test_no_warm_users_keeps_the_copy_empty_until_read():
+    async def scenario():
+        shared = CountingShared()
+        await shared.bulk_load({"u": UserSession(items=("a",))}, "snap-1")
+        replica = ReplicaSessionCache(shared, sync_every_s=3600)
+        await replica.prime()
+        assert replica.warmed == 0 and not replica._copy
+        replica.stop()
+
+    run(scenario())
+
+
+def test_reads_racing_the_first_sync_share_one_warm_start():
+    async def scenario():
+        shared = CountingShared()
+        await shared.bulk_load({f"u{n}": UserSession(items=(f"i{n}",)) for n in range(3)}, "snap-1")
+        calls = 0
+        recent = shared.recent_sessions
+
+        async def counted(limit):
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)  # an actor call in flight while the other reads arrive
+            return await recent(limit)
+
+        shared.recent_sessions = counted
+        replica = ReplicaSessionCache(shared, sync_every_s=3600, warm_users=10)
+        sessions = await asyncio.gather(*(replica.get(f"u{n % 3}") for n in range(6)))
+        assert [s.items for s in sessions] == [(f"i{n % 3}",) for n in range(6)]
+        assert calls == 1 and replica.warmed == 3 and shared.reads == 0
+        replica.stop()
+
+    run(scenario())
