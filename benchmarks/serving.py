@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from serving_report import markdown, ratios, table
-from serving_servers import (CLIENT_LABEL, CpuMeter, QUIET, REPO, cpu_per_request_ms, free_port_block, start_aisys_serve,
-                             start_uvicorn, stop, wait_healthy)
+from serving_servers import (CLIENT_LABEL, UVICORN_WORKER, CpuMeter, QUIET, REPO, busy_processes, cpu_per_request_ms,
+                             free_port_block, start_aisys_serve, start_uvicorn, stop, wait_healthy)
 from serving_workload import (K, RAISED_OUT_OF_THE_WAY, bare_handler, bench_key, bench_overrides, champion_description,
                               champion_users, register_synthetic_model, shipped_champion_workspace, write_config)
 
@@ -148,7 +148,10 @@ def measure_mode(mode: str, args: argparse.Namespace, workdir: Path, api_key: st
         for shape in shapes:
             before = meter.sample()
             cell = run_load(urls, paths_file, api_key, args, **shape)
-            spent = CpuMeter.per_label(before, meter.sample())
+            after = meter.sample()
+            spent = CpuMeter.per_label(before, after)
+            if mode == "uvicorn":
+                cell["uvicorn_workers_busy"] = busy_processes(before, after, UVICORN_WORKER)
             spent[CLIENT_LABEL] = cell.pop("client_cpu_s", 0.0)
             cell["cpu_s"] = spent
             cell["cpu_ms_per_request"] = cpu_per_request_ms(spent, cell["answered_total"])

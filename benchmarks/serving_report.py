@@ -44,8 +44,13 @@ def targets(result: dict[str, Any]) -> list[str]:
         how = "met" if met else f"MISSED by {abs(value - limit):.2f} ({value / limit:.2f}x the target)"
         lines.append(f"  {what}: {value:.2f} (target {'>=' if higher_is_better else '<='} {limit:g}): {how}")
 
+    uvicorn = next((m for m in result["modes"] if m["kind"] == "uvicorn" and m.get("cells")), {})
     for c in (16, 64):
         check(f"rps x uvicorn at {c} clients", ratio.get(str(c)), TARGET_RPS_RATIO, True)
+        busy = closed_cells(uvicorn).get(c, {}).get("uvicorn_workers_busy") if uvicorn else None
+        if busy and busy[0] < busy[1]:
+            lines[-1] += (f" -- but uvicorn served this cell with {busy[0]} of its {busy[1]} workers (its connections "
+                          "landed on one): the ratio is against one core, not a win")
     check("p99 ms at 64 clients", closed_cells(shipped).get(64, {}).get("p99_ms"), TARGET_P99_64_MS, False)
     open_cell = next((c for c in shipped["cells"] if c["load"] == "open"), {})
     check(f"p99 ms at {result['settings']['rate']:g} req/s open loop", open_cell.get("p99_ms"), TARGET_P99_OPEN_MS,
@@ -95,6 +100,15 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"{m['mode']:<{w}}{load:<9}{c['rps']:>8.1f}{_f(c['p50_ms']):>9}{_f(c['p99_ms']):>9}"
                          f"{c['errors']:>5}{c['fallbacks']:>5}{'' if r is None else f'{r:.2f}':>8}{over:>9}"
                          f"{_f(cpu):>11}")
+    for m in result["modes"]:
+        spread = [f"c={c['concurrency']} {c['uvicorn_workers_busy'][0]}/{c['uvicorn_workers_busy'][1]}"
+                  for c in m.get("cells", []) if c["load"] == "closed" and c.get("uvicorn_workers_busy")]
+        uneven = any(c.get("uvicorn_workers_busy", [0, 0])[0] < c.get("uvicorn_workers_busy", [0, 0])[1]
+                     for c in m.get("cells", []) if c["load"] == "closed" and (c.get("concurrency") or 0) > 1)
+        if spread:
+            lines.append(f"{m['mode']} workers that did the work, per cell: " + ", ".join(spread) +
+                         (" (fewer than all with several clients: its keep-alive connections landed on fewer "
+                          "workers, so that cell measures fewer cores)" if uneven else ""))
     lines.append(f"bare handler (service.recommend in-process, no HTTP): p50 {bare} ms, "
                  f"p99 {result['bare_handler'].get('p99_ms')} ms")
     lines.append("")

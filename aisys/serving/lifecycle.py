@@ -266,16 +266,20 @@ class ServeRun:
 
 
 def sigterm_as_interrupt() -> None:
-    """Make SIGTERM (``docker stop``, systemd, ``kill``) stop `aisys serve` the way Ctrl-C does.
+    """Make SIGTERM (``docker stop``, systemd, ``kill``) stop `aisys serve` the way Ctrl-C does, and make
+    SIGINT stop it even when it was started ignoring SIGINT.
 
     Call it again once Ray has started: Ray's core worker installs a SIGTERM handler of its own, which logs
-    "SIGTERM received" and aborts the process (exit -6) with nothing stopped.
+    "SIGTERM received" and aborts the process (exit -6) with nothing stopped. A shell script's background job
+    (``aisys serve &``, ``nohup``) starts with SIGINT ignored, and Python then keeps it ignored: a ``kill -INT``
+    (what the benchmarks and a supervisor's "Ctrl-C" send) did nothing until a SIGKILL 90 s later (2026-12-07).
     """
 
     def interrupt(signum, frame) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def live_processes(record: RunRecord) -> Iterator[TrackedProcess]:

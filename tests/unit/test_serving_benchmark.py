@@ -31,6 +31,8 @@ def test_processes_are_labelled_by_what_they_are(bench):
     assert label(["/x/bin/python", "-m", "uvicorn", "--factory", "a:b"], "python") == "uvicorn master"
     assert label(["/x/bin/python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main()"],
                  "python") == "uvicorn worker"
+    assert label(["/x/bin/python", "-c", "from multiprocessing.resource_tracker import main;main(5)"],
+                 "python") == "python resource_tracker"
     assert label(["/usr/lib/haproxy", "-f", "cfg"], "haproxy") == "haproxy"
     assert label([], "raylet") == "raylet"
 
@@ -67,6 +69,19 @@ def test_ratios_and_targets_come_from_the_same_run(bench):
     assert "p99 ms at 64 clients: 140.00 (target <= 100): MISSED by 40.00" in lines
     assert "open loop: 40.00 (target <= 50): met" in lines
     assert "bare handler (1 client): 1.50 (target <= 2): met" in lines
+
+    uvicorn["cells"][1]["uvicorn_workers_busy"] = [1, 2]  # its 16 connections all landed on one worker
+    lines = "\n".join(report.targets(result))
+    assert "at 16 clients: 1.25 (target >= 1): met -- but uvicorn served this cell with 1 of its 2 workers" in lines
+
+
+def test_a_cell_tells_how_many_uvicorn_workers_did_the_work(bench):
+    _, servers, _ = bench
+    worker = servers.UVICORN_WORKER
+    before = {1: (worker, 10.0), 2: (worker, 10.0), 3: ("master", 1.0)}
+    assert servers.busy_processes(before, {1: (worker, 18.0), 2: (worker, 10.01), 3: ("master", 2.0)},
+                                  worker) == [1, 2]
+    assert servers.busy_processes(before, {1: (worker, 14.0), 2: (worker, 13.0)}, worker) == [2, 2]
 
 
 def test_overrides_nest_into_a_config_and_only_what_is_listed_changes(bench, tmp_path):
