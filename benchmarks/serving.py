@@ -50,7 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from serving_report import markdown, ratios, table
+from serving_report import markdown, plot, ratios, table
 from serving_servers import (CLIENT_LABEL, UVICORN_WORKER, CpuMeter, QUIET, REPO, busy_processes, cpu_per_request_ms,
                              free_port_block, start_aisys_serve, start_uvicorn, stop, wait_healthy)
 from serving_workload import (K, RAISED_OUT_OF_THE_WAY, bare_handler, bench_key, bench_overrides, champion_description,
@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result) + "\n")  # the table for docs/serving.md
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    plot(result, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

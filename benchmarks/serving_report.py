@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # Issue 15's targets, checked on every run (printed, never asserted: the box is shared).
@@ -149,3 +150,50 @@ def markdown(result: dict[str, Any]) -> str:
                         f"{c['errors']} | {c['fallbacks']} | {'' if r is None else f'{r:.2f}'} | {over} | "
                         f"{_f(c.get('cpu_ms_per_request', {}).get('total'))} |")
     return "\n".join(rows)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Requests/s per closed-loop load (left) and p50 / p99 per load (right), one bar per server, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in result["modes"] if m.get("cells")]
+    seen: dict[str, int] = {}
+    names = []
+    for m in modes:  # a mode measured twice gets "(2)"
+        seen[m["mode"]] = seen.get(m["mode"], 0) + 1
+        names.append(m["mode"] if seen[m["mode"]] == 1 else f"{m['mode']} ({seen[m['mode']]})")
+    loads = sorted({c["concurrency"] for m in modes for c in m["cells"] if c["load"] == "closed"})
+    has_open = any(c["load"] == "open" for m in modes for c in m["cells"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.8 / max(len(modes), 1)
+    colours = plt.get_cmap("tab10").colors
+    for n, (m, name) in enumerate(zip(modes, names)):
+        cells = closed_cells(m)
+        xs = [i + n * width for i in range(len(loads))]
+        left.bar(xs, [cells.get(c, {}).get("rps", 0) for c in loads], width, label=name, color=colours[n % 10])
+        lat_cells = [cells.get(c, {}) for c in loads]
+        if has_open:
+            lat_cells.append(next((c for c in m["cells"] if c["load"] == "open"), {}))
+        xs = [i + n * width for i in range(len(lat_cells))]
+        right.bar(xs, [c.get("p99_ms") or 0 for c in lat_cells], width, color=colours[n % 10], alpha=0.45)
+        right.bar(xs, [c.get("p50_ms") or 0 for c in lat_cells], width, color=colours[n % 10], label=name)
+    centre = 0.4 - width / 2
+    left.set_xticks([i + centre for i in range(len(loads))], [f"{c} clients" for c in loads])
+    left.set_ylabel("requests/s")
+    left.set_title("throughput, closed loop")
+    left.legend(fontsize=8)
+    ticks = [f"{c} clients" for c in loads] + ([f"{result['settings']['rate']:g}/s open"] if has_open else [])
+    right.set_xticks([i + centre for i in range(len(ticks))], ticks)
+    right.set_yscale("log")
+    right.set_ylabel("latency, ms (solid: p50, pale: p99)")
+    right.set_title("latency")
+    fig.suptitle(f"GET /recommendations/{{user}}?k={result['settings']['k']}: aisys serve as shipped vs uvicorn "
+                 f"--workers {result['settings']['uvicorn_workers']} ({result['machine']['cpus']} CPUs, "
+                 f"{result['created_at']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -107,3 +107,14 @@ def test_a_set_mode_measures_the_shipped_server_with_those_settings():
     args = serving.parse_args(["--modes", "uvicorn,set:serve.access_log=true,shipped-1-replica"])
     assert args.modes == ["uvicorn", "set:serve.access_log=true", "shipped-1-replica"]
     assert "shipped-1-replica" in serving.default_modes()
+
+
+def test_the_plot_is_written_for_every_server_and_load(bench, tmp_path):
+    report, _, _ = bench
+    uvicorn = {"mode": "uvicorn", "kind": "uvicorn", "cells": [_cell(1, 400, 2.0, 3.0), _cell(16, 800, 18, 70)]}
+    shipped = {"mode": "shipped", "kind": "shipped", "cells": [_cell(1, 300, 3.0, 6.0), _cell(16, 750, 20, 45),
+                                                                _cell(None, 200, 3.8, 20.0, load="open")]}
+    result = {"modes": [uvicorn, shipped, dict(shipped)], "settings": {"rate": 200.0, "k": 10, "uvicorn_workers": 2},
+              "machine": {"cpus": 2}, "created_at": "now"}
+    path = report.plot(result, tmp_path / "serving.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
