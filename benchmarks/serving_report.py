@@ -16,17 +16,33 @@ def closed_cells(mode: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {c["concurrency"]: c for c in mode.get("cells", []) if c["load"] == "closed"}
 
 
+def pair_with_uvicorn(modes: list[dict[str, Any]]) -> None:
+    """Give every closed-loop cell of a non-uvicorn mode ``x_uvicorn``: its requests/s over those of the uvicorn
+    measured last before it (the first uvicorn when none came before), and ``vs_uvicorn_busy``: how many of that
+    uvicorn's workers did that cell's work. A run like ``uvicorn,shipped,uvicorn,shipped`` pairs each with its own."""
+    measured = [m for m in modes if m.get("cells")]
+    first = next((m for m in measured if m["kind"] == "uvicorn"), None)
+    last = None
+    for m in measured:
+        if m["kind"] == "uvicorn":
+            last = m
+            continue
+        ref = closed_cells(last or first) if (last or first) else {}
+        for c, cell in closed_cells(m).items():
+            base = ref.get(c, {})
+            cell["x_uvicorn"] = round(cell["rps"] / base["rps"], 3) if base.get("rps") else None
+            cell["vs_uvicorn_busy"] = base.get("uvicorn_workers_busy")
+
+
 def ratios(modes: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per mode and closed-loop concurrency: requests/s relative to uvicorn's in the same run."""
-    base = next((m for m in modes if m["kind"] == "uvicorn" and m.get("cells")), None)
-    if base is None:
-        return {}
-    ref = closed_cells(base)
-    return {
-        m["mode"]: {str(c): (round(cell["rps"] / ref[c]["rps"], 3) if ref.get(c, {}).get("rps") else None)
-                    for c, cell in closed_cells(m).items()}
-        for m in modes if m["kind"] != "uvicorn"
-    }
+    """Per mode (its first run) and closed-loop concurrency: requests/s relative to its paired uvicorn's
+    (:func:`pair_with_uvicorn`) in the same run."""
+    pair_with_uvicorn(modes)
+    out: dict[str, dict[str, float | None]] = {}
+    for m in modes:
+        if m["kind"] != "uvicorn" and m.get("cells") and m["mode"] not in out:
+            out[m["mode"]] = {str(c): cell.get("x_uvicorn") for c, cell in closed_cells(m).items()}
+    return {mode: r for mode, r in out.items() if any(v is not None for v in r.values())}
 
 
 def targets(result: dict[str, Any]) -> list[str]:
@@ -45,10 +61,9 @@ def targets(result: dict[str, Any]) -> list[str]:
         how = "met" if met else f"MISSED by {abs(value - limit):.2f} ({value / limit:.2f}x the target)"
         lines.append(f"  {what}: {value:.2f} (target {'>=' if higher_is_better else '<='} {limit:g}): {how}")
 
-    uvicorn = next((m for m in result["modes"] if m["kind"] == "uvicorn" and m.get("cells")), {})
     for c in (16, 64):
         check(f"rps x uvicorn at {c} clients", ratio.get(str(c)), TARGET_RPS_RATIO, True)
-        busy = closed_cells(uvicorn).get(c, {}).get("uvicorn_workers_busy") if uvicorn else None
+        busy = closed_cells(shipped).get(c, {}).get("vs_uvicorn_busy")
         if busy and busy[0] < busy[1]:
             lines[-1] += (f" -- but uvicorn served this cell with {busy[0]} of its {busy[1]} workers (its connections "
                           "landed on one): the ratio is against one core, not a win")
@@ -86,7 +101,6 @@ def table(result: dict[str, Any]) -> str:
         f"{'p50-bare':>9}{'cpu ms/req':>11}",
         "-" * (w + 73),
     ]
-    ratio = result["ratios"]
     for m in result["modes"]:
         if not m.get("cells"):
             lines.append(f"{m['mode']:<{w}}FAILED: {m.get('error', '?')[:70]}")
@@ -94,7 +108,7 @@ def table(result: dict[str, Any]) -> str:
         for c in m["cells"]:
             closed = c["load"] == "closed"
             load = f"c={c['concurrency']}" if closed else f"{c['rate']:.0f}/s"
-            r = ratio.get(m["mode"], {}).get(str(c["concurrency"])) if closed else None
+            r = c.get("x_uvicorn") if closed else None
             over = f"{c['p50_ms'] - bare:.2f}" if bare is not None and c["p50_ms"] is not None and \
                 c.get("concurrency") == 1 else ""
             cpu = c.get("cpu_ms_per_request", {}).get("total")
@@ -142,7 +156,7 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         for c in m["cells"]:
             closed = c["load"] == "closed"
-            r = result["ratios"].get(m["mode"], {}).get(str(c["concurrency"])) if closed else None
+            r = c.get("x_uvicorn") if closed else None
             over = f"{c['p50_ms'] - bare:.2f}" if bare is not None and c["p50_ms"] is not None and \
                 c.get("concurrency") == 1 else ""
             load = f"{c['concurrency']} clients" if closed else f"{c['rate']:g}/s open loop"

@@ -71,6 +71,7 @@ def test_ratios_and_targets_come_from_the_same_run(bench):
     assert "bare handler (1 client): 1.50 (target <= 2): met" in lines
 
     uvicorn["cells"][1]["uvicorn_workers_busy"] = [1, 2]  # its 16 connections all landed on one worker
+    result["ratios"] = report.ratios(result["modes"])
     lines = "\n".join(report.targets(result))
     assert "at 16 clients: 1.25 (target >= 1): met -- but uvicorn served this cell with 1 of its 2 workers" in lines
 
@@ -118,3 +119,13 @@ def test_the_plot_is_written_for_every_server_and_load(bench, tmp_path):
               "machine": {"cpus": 2}, "created_at": "now"}
     path = report.plot(result, tmp_path / "serving.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_a_repeated_mode_is_paired_with_the_uvicorn_measured_before_it(bench):
+    report, _, _ = bench
+    modes = [{"mode": "uvicorn", "kind": "uvicorn", "cells": [_cell(16, 900, 18, 60)]},
+             {"mode": "shipped", "kind": "shipped", "cells": [_cell(16, 700, 22, 50)]},
+             {"mode": "uvicorn", "kind": "uvicorn", "cells": [_cell(16, 800, 18, 60)]},
+             {"mode": "shipped", "kind": "shipped", "cells": [_cell(16, 760, 22, 50)]}]
+    assert report.ratios(modes) == {"shipped": {"16": 0.778}}  # the first run of each mode
+    assert [m["cells"][0].get("x_uvicorn") for m in modes] == [None, 0.778, None, 0.95]
