@@ -28,8 +28,8 @@ ingestion keeps one row per ``event_id``
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import itertools
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
