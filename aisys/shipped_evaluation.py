@@ -110,17 +110,57 @@ def request_sessions(data: Interactions, task: EvalTask) -> tuple[list[Any], lis
     return sessions, now
 
 
+@dataclass(frozen=True)
+class LiveEvents:
+    """Events that reach serving after the training snapshot: item ids and times (seconds), in time order."""
+
+    item_ids: list[str] = field(default_factory=list)
+    times_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+def events_after_training(data: Interactions, split: str) -> LiveEvents:
+    """The events a deployed model trained on ``split``'s training events would be told of afterwards, live
+    (``POST /events``): none under ``loo`` (the snapshot holds every event), the test period under ``temporal``."""
+    if split == "loo":
+        return LiveEvents()
+    if split != "temporal":
+        raise ValueError(f"split must be 'loo' or 'temporal', got {split!r}")
+    rows = time_order(data.timestamps)
+    rows = rows[data.timestamps[rows] > temporal_cut(data.timestamps)]
+    return LiveEvents([data.item_ids[i] for i in data.items[rows]],
+                      data.timestamps[rows].astype(np.float64) / _UNITS_PER_SECOND)
+
+
 def served_lists(recommender: Any, data: Interactions, task: EvalTask, depth: int = EXPORT_DEPTH,
-                 batch: int = 256) -> ServedLists:
+                 batch: int = 256, live: LiveEvents | None = None) -> ServedLists:
     """Ask ``recommender`` (a serving Recommender) for each test user's top-``depth``, excluding their known
-    history (the protocol's rule; a replica with ``online.exclude: seen``), and score the lists."""
+    history (the protocol's rule; a replica with ``online.exclude: seen``), and score the lists.
+
+    ``live`` events are told to the recommender (``observe_event``, as a replica is of every posted event) in time
+    order, each before every request later than it and after the others: the requests are answered in time order.
+    """
     from aisys.serving.recommender import ScoreRequest
 
     sessions, now = request_sessions(data, task)
     requests = [ScoreRequest(s, depth, frozenset(s.items), t) for s, t in zip(sessions, now)]
-    answers = []
-    for start in range(0, len(requests), batch):
-        answers += recommender.recommend_many(requests[start:start + batch])
+    answers: list[Any] = [None] * len(requests)
+    if live is not None and len(live):
+        order = np.argsort(np.asarray(now), kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(np.asarray(now)[order])) + 1)
+    else:
+        groups = [np.arange(start, min(start + batch, len(requests))) for start in range(0, len(requests), batch)]
+    told = 0
+    for group in groups:
+        if live is not None and len(live):
+            upto = int(np.searchsorted(live.times_s, now[group[0]], side="left"))  # strictly before the request
+            for item, t in zip(live.item_ids[told:upto], live.times_s[told:upto]):
+                recommender.observe_event(item, float(t))
+            told = max(told, upto)
+        for row, answer in zip(group, recommender.recommend_many([requests[i] for i in group])):
+            answers[row] = answer
     ids = [[item.item_id for item in answer.items] for answer in answers]
     return ServedLists(list(task.users), ids, [a.fallback for a in answers],
                        *list_metrics(ids, data, task))
@@ -179,12 +219,13 @@ def evaluate_shipped(
     step("serve")
     started = time.perf_counter()
     recommender = Recommender(bundle, torch_threads=cfg.train.torch_threads, **retrieval_options(cfg.online))
-    lists = served_lists(recommender, data, test)
+    lists = served_lists(recommender, data, test, live=events_after_training(data, split))
     return ShippedEvaluation(split, cfg.train.seed, bundle, lists, logged, train_seconds,
                              time.perf_counter() - started, test, registered)
 
 
-def stage_ablation(cfg: AppConfig, bundle: Any, data: Interactions, task: EvalTask) -> dict[str, dict[str, float]]:
+def stage_ablation(cfg: AppConfig, bundle: Any, data: Interactions, task: EvalTask,
+                   live: LiveEvents | None = None) -> dict[str, dict[str, float]]:
     """Test metrics of the multi-stage blend with each generator dropped (its weight 0 in every gap bucket),
     through the serving Recommender; plus ``without gap_bucket`` (the came-back bucket's weights replaced by the
     everyone bucket's). Empty for a bundle that is not a multi-stage blend."""
@@ -210,7 +251,7 @@ def stage_ablation(cfg: AppConfig, bundle: Any, data: Interactions, task: EvalTa
     for name, changed in variants.items():
         variant = replace(bundle, model_config={**config, "blend": changed})
         recommender = Recommender(variant, torch_threads=cfg.train.torch_threads)
-        out[name] = served_lists(recommender, data, task).metrics
+        out[name] = served_lists(recommender, data, task, live=live).metrics
     return out
 
 

@@ -31,7 +31,7 @@ def run_shipped(splits, seeds, overrides: list[str], log: Callable[[str], None],
     """One row per (split, seed): test metrics through the serving path, training's valid gains, the ablation."""
     from aisys.cli.evaluate_verb import load_ml100k
     from aisys.runtime import init_ray
-    from aisys.shipped_evaluation import evaluate_shipped, stage_ablation
+    from aisys.shipped_evaluation import evaluate_shipped, events_after_training, stage_ablation
 
     rows = []
     for split in splits:
@@ -47,7 +47,8 @@ def run_shipped(splits, seeds, overrides: list[str], log: Callable[[str], None],
             ablation = {}
             if ablate:
                 data = interactions_from_events(events, catalogue)
-                ablation = stage_ablation(cfg, result.bundle, data, split_tasks(data, split)[1])
+                ablation = stage_ablation(cfg, result.bundle, data, split_tasks(data, split)[1],
+                                          live=events_after_training(data, split))
                 for name, metrics in ablation.items():
                     log(f"{split} seed {seed}: {name} test ndcg@10 {metrics['ndcg@10']:.4f} "
                         f"({metrics['ndcg@10'] - test['ndcg@10']:+.4f})")

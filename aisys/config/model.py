@@ -34,6 +34,12 @@ class StagesConfig(_Section):
         default_factory=lambda: [1.0, 3.0],
         description="One recent-popularity generator per half-life (days); the blend weighs each per gap bucket.",
     )
+    live_popularity: bool = Field(
+        True,
+        description="Recent popularity as of the request: a replica adds every event it is told of after training "
+        "to the recent-popularity generators' counts (the blend is tuned on the counts as trained). Off: the counts "
+        "stay as trained until the next training. docs/training.md has the measurements.",
+    )
     title: bool = Field(
         True, description="Title-word similarity to the user's recent items; off by itself when no titles exist."
     )

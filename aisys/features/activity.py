@@ -112,6 +112,40 @@ class ItemActivity:
         age = np.where(np.isfinite(first), np.maximum(now - first, 0.0) / _DAY, np.nan)
         return [np.log1p(age), *np.log1p(decayed), np.log1p(total)]
 
+    def decayed_counts(self, now: float | None = None) -> np.ndarray:
+        """(H, n_items + 1) float64: every item's decayed count as of ``now`` (None or NaN: the newest event seen).
+
+        The blend's recent-popularity generators read this row by row: every item decayed to one time, so the
+        order (and a row's z-scores) is the same whatever time that is, as long as it is past every event seen.
+        """
+        with self._lock:
+            a = self._a
+            at = self.clock if now is None or np.isnan(now) else float(now)
+            elapsed = np.where(np.isfinite(a.last), np.maximum(at - a.last, 0.0), 0.0)  # (V,)
+            return a.decayed * np.exp2(-elapsed[None, :] / self.half_lives_s[:, None])
+
+    @classmethod
+    def from_decayed_counts(
+        cls, counts: np.ndarray, as_of: float, half_lives_days: Sequence[float]
+    ) -> "ItemActivity":
+        """An activity whose decayed counts are ``counts`` (H, n_items + 1) as of ``as_of`` (seconds).
+
+        A bundle's recent-popularity generators are such counts (:class:`~aisys.models.baselines.RecentPopularity`,
+        decayed to the newest training event); seeded here, the events a replica observes afterwards add to them
+        exactly as if training had seen them. All-time counts and first-seen times start empty (unknown).
+        """
+        counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
+        if counts.shape[0] != len(half_lives_days) or counts.shape[1] < 2 or not np.isfinite(as_of):
+            raise ValueError(f"need one count row per half-life ({len(half_lives_days)}) over >= 1 item and a finite "
+                             f"as_of, got shape {counts.shape} and {as_of}")
+        out = cls(counts.shape[1] - 1, half_lives_days)
+        decayed = np.where(np.isfinite(counts), np.maximum(counts, 0.0), 0.0)
+        decayed[:, 0] = 0.0  # padding
+        out._a = _Arrays(decayed, np.full(counts.shape[1], float(as_of)), np.zeros(counts.shape[1]),
+                         np.full(counts.shape[1], np.inf))
+        out.clock = float(as_of)
+        return out
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The state as named arrays (a bundle stores them; :meth:`from_arrays` reads them back)."""
         with self._lock:

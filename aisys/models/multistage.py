@@ -42,6 +42,9 @@ from aisys.models.ranker import (
 from aisys.models.stages import StageSpec, score_stage
 
 MULTISTAGE_KIND = "multistage"
+# The bundle's model_config key holding the time (seconds) its recent-popularity arrays are decayed to: present,
+# those generators are live (MultistageScorer); absent (older bundles, live_popularity off), they stay as trained.
+POPULARITY_AS_OF = "popularity_as_of"
 SASREC_STAGE = "sasrec"
 BLEND_SCORES = "blend"  # the blend's score matrix, as the ranking stage's features name it
 # Each score matrix's top items that the ranking stage reorders (their union; docs/evaluation.md screened 50).
@@ -82,10 +85,18 @@ class MultistageScorer:
     ``arrays[name]`` is the fitted array of generator ``specs[name]``; ``blend.stages`` names the
     blend's columns (``"sasrec"`` among them). Generators at weight 0 in every bucket are not scored (and
     need no spec or array).
+
+    With ``popularity_as_of`` (the time the recent-popularity arrays are decayed to: the newest training event),
+    the recent-popularity generators are **live**: seeded from those arrays into an
+    :class:`~aisys.features.activity.ItemActivity`, every event :meth:`observe` is told of adds to them, and a
+    request ranks by the counts as of the newest event seen (the same as if training had counted those events:
+    ``tests/unit/test_live_popularity.py``). Without it (bundles trained before, or
+    ``model.stages.live_popularity: false``) they stay the arrays as trained.
     """
 
     def __init__(
-        self, sasrec: SASRecScorer, specs: Sequence[StageSpec], arrays: Mapping[str, np.ndarray], blend: BlendChoice
+        self, sasrec: SASRecScorer, specs: Sequence[StageSpec], arrays: Mapping[str, np.ndarray], blend: BlendChoice,
+        popularity_as_of: float | None = None,
     ) -> None:
         import scipy.sparse  # noqa: F401  (scoring needs it: import it now, not inside a replica's first request)
 
@@ -100,6 +111,7 @@ class MultistageScorer:
             raise ValueError(f"the blend weighs generator(s) {missing} whose arrays are missing")
         self.specs = {name: known[name] for name in active if name != SASREC_STAGE}
         self.arrays = {name: arrays[name] for name in self.specs}
+        self.popularity, self.popularity_rows = _live_popularity(self.specs, self.arrays, popularity_as_of)
         columns = [blend.stages.index(name) for name in active]
         self.active = active
         self.bucket_weights = np.asarray(blend.bucket_weights, dtype=np.float64)[:, columns]  # (buckets, S)
@@ -113,12 +125,30 @@ class MultistageScorer:
         """SASRec's item embeddings (for "similar to" reasons)."""
         return self.sasrec.item_emb
 
+    @property
+    def live_popularity(self) -> bool:
+        """Whether the recent-popularity generators count the events :meth:`observe` is told of."""
+        return self.popularity is not None
+
+    def observe(self, item: int, time_s: float) -> bool:
+        """Count a live interaction (item index, seconds) in the live recent-popularity generators; returns
+        whether this scorer keeps any (False: nothing it ranks by changes with live events)."""
+        if self.popularity is None:
+            return False
+        self.popularity.observe(item, time_s)
+        return True
+
     def stage_scores(self, histories: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
         """Raw (B, V) scores of every generator the blend uses, by name."""
         out = {}
+        live = self.popularity.decayed_counts() if self.popularity is not None else None
         for name in self.active:
             if name == SASREC_STAGE:
                 out[name] = self.sasrec.score_sessions(histories)
+            elif live is not None and name in self.popularity_rows:
+                row = live[self.popularity_rows[name]].copy()
+                row[0] = -np.inf
+                out[name] = np.tile(row, (len(histories), 1))
             else:
                 out[name] = score_stage(self.specs[name], self.arrays[name], histories)
         return out
@@ -189,9 +219,11 @@ class RankedMultistageScorer:
         minutes = int(np.log2(1.0 + gap_s / 60.0)) if np.isfinite(gap_s) else -1
         return self.multistage.context_key(gap_s), minutes
 
-    def observe(self, item: int, time_s: float) -> None:
-        """Count a live interaction (item index, seconds) in the online item activity."""
+    def observe(self, item: int, time_s: float) -> bool:
+        """Count a live interaction (item index, seconds) in the online item activity and live popularity."""
         self.activity.observe(item, time_s)
+        self.multistage.observe(item, time_s)
+        return True
 
     def generator_scores(self, histories: Sequence[Sequence[int]], gaps_s: np.ndarray | None) -> dict[str, np.ndarray]:
         """The blend's and each active generator's (B, V) scores, named as the ranker's features read them."""
@@ -207,6 +239,19 @@ class RankedMultistageScorer:
         scores = self.generator_scores(histories, gaps)
         features = candidate_features(scores, histories, now, gaps, self.activity, self.categories, self.depth)
         return ranked_with_fallback(self.ranker, features, scores[BLEND_SCORES])
+
+
+def _live_popularity(
+    specs: Mapping[str, StageSpec], arrays: Mapping[str, np.ndarray], as_of: float | None
+) -> tuple[ItemActivity | None, dict[str, int]]:
+    """The live counts of the active recent-popularity generators (one row each) and each one's row, or
+    ``(None, {})`` when the bundle says no time to seed them at or the blend weighs none."""
+    names = [name for name, spec in specs.items() if spec.kind == "recentpop"]
+    if as_of is None or not names:
+        return None, {}
+    half_lives = [float(specs[name].settings["half_life_days"]) for name in names]
+    counts = np.stack([np.asarray(arrays[name], dtype=np.float64).reshape(-1) for name in names])
+    return ItemActivity.from_decayed_counts(counts, float(as_of), half_lives), {n: r for r, n in enumerate(names)}
 
 
 def _per_row(values: np.ndarray | None, n_rows: int, name: str) -> np.ndarray:
@@ -237,7 +282,8 @@ def build_scorer(bundle: ModelBundle) -> SASRecScorer | MultistageScorer | Ranke
     config = bundle.model_config
     sasrec = SASRecScorer(_sasrec_model(config["sasrec"], bundle.state_dict), bundle.max_seq_len)
     specs = [StageSpec(**spec) for spec in config["stages"]]
-    scorer = MultistageScorer(sasrec, specs, bundle.arrays, BlendChoice.from_dict(config["blend"]))
+    scorer = MultistageScorer(sasrec, specs, bundle.arrays, BlendChoice.from_dict(config["blend"]),
+                              popularity_as_of=config.get(POPULARITY_AS_OF))
     if bundle.feature_set_version != MULTISTAGE_RANKER_FEATURE_SET_VERSION:
         return scorer
     return _ranked_scorer(bundle, scorer)
@@ -268,6 +314,6 @@ def bundle_arrays_nonfinite(bundle: ModelBundle) -> list[str]:
 
 
 __all__ = [
-    "MULTISTAGE_KIND", "SASREC_STAGE", "BLEND_SCORES", "DEFAULT_RANKER_DEPTH", "SASRecScorer", "MultistageScorer",
+    "MULTISTAGE_KIND", "POPULARITY_AS_OF", "SASREC_STAGE", "BLEND_SCORES", "DEFAULT_RANKER_DEPTH", "SASRecScorer", "MultistageScorer",
     "RankedMultistageScorer", "ranker_generators", "build_scorer", "bundle_arrays_nonfinite",
 ]

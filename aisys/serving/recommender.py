@@ -19,7 +19,8 @@ Decisions a user of the API will notice:
   service passes its clock, this module never reads one, so tests are deterministic).
   A bundle with a learned ranking stage (``multistage-v2``) also reads ``now``: item
   popularity as of the request, from the bundle's item activity plus every live event
-  the service hands to :meth:`Recommender.observe_event`.
+  the service hands to :meth:`Recommender.observe_event`; the blend's recent-popularity
+  generators count those events too (live popularity, ``model.stages.live_popularity``).
 - **A session with at least one known item** is ranked by the model,
   ``fallback=False``. Without a known item, popular items are served with
   ``fallback=True, fallback_reason="unknown_user"``; a bundle without weights
@@ -231,7 +232,8 @@ class Recommender:
         return None if key is None else key(seconds_since_last_event(session.last_event_time, now))
 
     def observe_event(self, item_id: str, event_time: float | None) -> bool:
-        """Tell a model that keeps online item features (the ranking stage's item activity) of a live event.
+        """Tell a model that keeps online item features (live recent popularity, the ranking stage's item
+        activity) of a live event.
 
         Returns whether it counted: the model keeps such features, knows the item and the event has a time.
         """
@@ -239,8 +241,7 @@ class Recommender:
         index = self.item_index.get(item_id)
         if observe is None or index is None or event_time is None:
             return False
-        observe(index, float(event_time))
-        return True
+        return bool(observe(index, float(event_time)))
 
     def recommend(self, session: UserSession, k: int, exclude: frozenset[str] = frozenset()) -> Recommendation:
         """Top-``k`` for one session (see the module docstring)."""

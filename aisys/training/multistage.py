@@ -38,7 +38,13 @@ from aisys.features.context import seconds_since_last_event
 from aisys.models.baselines import standardize_rows
 from aisys.models.blend_tuning import BlendChoice, tune_blend
 from aisys.models.bundle import MULTISTAGE_FEATURE_SET_VERSION, MULTISTAGE_RANKER_FEATURE_SET_VERSION
-from aisys.models.multistage import SASREC_STAGE, MultistageScorer, RankedMultistageScorer, SASRecScorer
+from aisys.models.multistage import (
+    POPULARITY_AS_OF,
+    SASREC_STAGE,
+    MultistageScorer,
+    RankedMultistageScorer,
+    SASRecScorer,
+)
 from aisys.models.ranker import LearnedRanker, ranker_document
 from aisys.models.ranking_choice import RankingDecision, ValidTask, choose_ranking, fit_final_ranker
 from aisys.models.stages import StageSpec, fit_stage, score_stage, stage_specs
@@ -62,6 +68,7 @@ class MultistageFit:
     depth: int = 50
     blend_scorer: MultistageScorer | None = None
     categories: np.ndarray | None = None  # (V, C) one-hot item categories (the ranker's affinity features)
+    popularity_as_of: float | None = None  # live recent popularity: the time the bundle's counts are decayed to
 
     @property
     def feature_set_version(self) -> str:
@@ -72,8 +79,10 @@ class MultistageFit:
         return self.ranking is not None and self.ranking.chosen == "lgbm" and self.ranker is not None
 
     def bundle_fields(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``(model_config additions, ModelBundle keyword additions)`` of the ranking stage."""
-        config = {"ranking": {"depth": self.depth, **(self.ranking.to_dict() if self.ranking else {})}}
+        """``(model_config additions, ModelBundle keyword additions)`` of the ranking stage (and live popularity)."""
+        config: dict[str, Any] = {"ranking": {"depth": self.depth, **(self.ranking.to_dict() if self.ranking else {})}}
+        if self.popularity_as_of is not None:
+            config[POPULARITY_AS_OF] = self.popularity_as_of
         if not self.ships_ranker:
             return config, {"feature_set_version": self.feature_set_version}
         return config, {"feature_set_version": self.feature_set_version, "ranker": ranker_document(self.ranker),
@@ -207,7 +216,7 @@ def train_multistage(
     refit = refit_sasrec(result, full)
     fit.seconds["sasrec_refit"] = time.perf_counter() - started
     sasrec = sasrec_scorer(refit)
-    fit.blend_scorer = MultistageScorer(sasrec, fit.specs, fit.arrays, fit.blend)
+    fit.blend_scorer = MultistageScorer(sasrec, fit.specs, fit.arrays, fit.blend, fit.popularity_as_of)
     fit.scorer = fit.ranked_scorer() if fit.ships_ranker else fit.blend_scorer
     return _with_weights(result, refit), fit
 
@@ -253,9 +262,14 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     sasrec = sasrec_scorer(result)
     valid = split.valid
     valid_gaps = request_gaps(times, valid.users, valid.histories)
+    valid_times = request_times(times, valid.users, valid.histories)
     raw = {SASREC_STAGE: sasrec.score_sessions(valid.histories)}
     for spec in specs:
         raw[spec.name] = score_stage(spec, fitted[("train", spec.name)], valid.histories)
+    # Live popularity: the bundle's recent-popularity counts go on counting the events served after training. The
+    # blend is still tuned on the counts as trained: tuning on the counts as of each valid request (replayed from
+    # the events before it) lost on both test splits, every seed (docs/training.md, "Live recent popularity").
+    live = stages_cfg.live_popularity and any(spec.kind == "recentpop" for spec in specs)
     z = {name: _z(scores) for name, scores in raw.items()}
     tune_options = {"weight_grid": stages_cfg.weight_grid, "base_weight_grid": stages_cfg.sasrec_weight_grid,
                     "gap_thresholds": stages_cfg.gap_thresholds_s, "min_gain": stages_cfg.min_gain}
@@ -265,8 +279,10 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     arrays = {name: fitted[("full", name)] if ("full", name) in fitted else fitted[("train", name)]
               for name in blend.active_stages() if name != SASREC_STAGE}
     used = [spec for spec in specs if spec.name in arrays]
-    scorer = MultistageScorer(sasrec, used, arrays, blend)
-    fit = MultistageFit(used, arrays, blend, scorer, seconds, depth=stages_cfg.ranker_depth, blend_scorer=scorer)
+    as_of = _newest(full_times) if live else None  # the "full" recent-popularity arrays are decayed to it
+    scorer = MultistageScorer(sasrec, used, arrays, blend, as_of)
+    fit = MultistageFit(used, arrays, blend, scorer, seconds, depth=stages_cfg.ranker_depth, blend_scorer=scorer,
+                        popularity_as_of=as_of)
     if stages_cfg.ranking == "blend":
         fit.ranking = choose_ranking("blend", None)
         return result, fit, full
@@ -276,7 +292,7 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     train_arrays = {spec.name: fitted[("train", spec.name)] for spec in specs}
     task = ValidTask(
         raw=raw, histories=valid.histories, targets=np.asarray(valid.targets, dtype=np.int64), gaps=valid_gaps,
-        request_times=request_times(times, valid.users, valid.histories),
+        request_times=valid_times,
         activity=PointInTimeActivity(n_items, *_events(train, train_times)),
         categories=fit.categories,
         tune=lambda rows: tune_blend({n: m[rows] for n, m in z.items()}, valid.targets[rows],
@@ -310,6 +326,11 @@ def _train_and_choose(cfg, histories, times, split, n_items, titles, train_sasre
     if fit.ships_ranker:
         fit.scorer = fit.ranked_scorer()
     return result, fit, full
+
+
+def _newest(times: Mapping[str, Sequence[float]]) -> float:
+    """The newest time in ``times`` (what :func:`~aisys.models.baselines.age_weights` decays to)."""
+    return float(max(max(ts) for ts in times.values() if len(ts)))
 
 
 def _events(sequences: Mapping[str, Sequence[int]], times: Mapping[str, Sequence[float]]) -> tuple[list, list]:

@@ -78,6 +78,10 @@ def test_train_register_load_by_alias(ray_session, small_config):
     assert blend["stages"] == ["sasrec", "ease", "slit", "recentpop_1d", "recentpop_3d"]
     assert {f"valid_gain_{name}" for name in blend["stages"]} <= set(run.data.metrics)
     assert run.data.params["blend.stages"].split(",")[0] == "sasrec"
+    # Live popularity: the bundle says when its recent-popularity counts stop (the newest event but the test items).
+    second_newest = max(datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=u + 7 * 12)
+                        for u in range(100))
+    assert outcome.bundle.model_config["popularity_as_of"] == second_newest.timestamp()
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert "training_curve.png" in artifacts
 
