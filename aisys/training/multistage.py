@@ -21,6 +21,10 @@ requests, the returning users of a time cut, or both: :func:`aisys.quality.proto
    generators, knows each user's valid item;
 6. the scorer of the bundle (SASRec and generators fit on train + valid + the blend [+ the ranker]) is scored on
    test through ``score_sessions``, the code serving runs (each test request at its target's time).
+
+With ``model.stages.live_popularity`` (default) the bundle also records ``popularity_as_of``, the newest event its
+recent-popularity arrays were fit on, so a replica goes on counting the events posted after training
+(:class:`~aisys.models.multistage.MultistageScorer`); the blend is tuned on the arrays as trained.
 """
 
 from __future__ import annotations
