@@ -52,9 +52,9 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    from aisys.runtime.ingress import free_tcp_port
+
+    return free_tcp_port(host)
 
 
 def _live_event(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 
 # What HAProxy may retry on another replica: nothing sent (conn-failure), or the
 # replica closed the connection without an answer, answered garbage, or (when a
@@ -88,10 +89,35 @@ HAPROXY_SIDE_PORTS = (
 HAPROXY_SIDE_HOST_ENV = "AISYS_HAPROXY_SIDE_HOST"
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on at the moment of asking (the OS picks it)."""
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the OS hands out for ``bind(port 0)`` and outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = (int(v) for v in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+def free_tcp_port(host: str = "127.0.0.1", rng: random.Random | None = None) -> int:
+    """A TCP port nothing listens on at the moment of asking, below the OS's ephemeral range when one is free there.
+
+    A port is chosen now and bound later (HAProxy binds its ports when Serve starts it, a minute after Ray started):
+    one from the ephemeral range can be handed by the OS, in between, to any ``bind(0)`` or outgoing connection of
+    the many that Ray's processes make, and HAProxy then fails with "Address already in use" (seen once in CI, on the
+    demo's own port). Below that range only another explicit choice can take it.
+    """
     import socket
 
+    low, _ = ephemeral_port_range()
+    rng = rng or random.SystemRandom()
+    for _ in range(64):
+        port = rng.randrange(max(1_024, low // 2), max(low, 1_025))
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

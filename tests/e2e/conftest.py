@@ -12,7 +12,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,9 +28,10 @@ BUCKET = "aisys-test"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the OS's ephemeral range (see ``free_tcp_port``: a test's Serve binds it a minute later)."""
+    from aisys.runtime.ingress import free_tcp_port
+
+    return free_tcp_port()
 
 
 @pytest.fixture

@@ -59,3 +59,21 @@ def test_the_shim_binds_stats_and_exporter_to_loopback_only_when_asked(tmp_path)
     # Without the variable (a cluster's `ray start`), Ray's binds stay as generated.
     cluster = run_shim(tmp_path, ports)
     assert "    bind :45101\n" in cluster and "  bind *:45404\n" in cluster
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_skip_taken_ones():
+    import random
+    import socket
+
+    from aisys.runtime.ingress import ephemeral_port_range, free_tcp_port
+
+    low, high = ephemeral_port_range()
+    assert 1_024 <= low < high
+    ports = {free_tcp_port() for _ in range(20)}
+    assert all(max(1_024, low // 2) <= port < low for port in ports)
+    # A taken port is never answered: hold the first choice of a seeded draw, ask again with the same seed.
+    first = free_tcp_port(rng=random.Random(7))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", first))
+        held.listen()
+        assert free_tcp_port(rng=random.Random(7)) != first
