@@ -89,6 +89,11 @@ HAPROXY_SIDE_PORTS = (
 HAPROXY_SIDE_HOST_ENV = "AISYS_HAPROXY_SIDE_HOST"
 
 
+# Ray's default worker port range is 10002-19999 (`ray start --max-worker-port`): a port chosen there could be given
+# to a Ray worker, and Ray refuses a component port inside it, so the ports chosen here start above it.
+RAY_WORKER_PORTS_MAX = 19_999
+
+
 def ephemeral_port_range() -> tuple[int, int]:
     """The ports the OS hands out for ``bind(port 0)`` and outgoing connections (Linux's default if unreadable)."""
     try:
@@ -99,7 +104,8 @@ def ephemeral_port_range() -> tuple[int, int]:
 
 
 def free_tcp_port(host: str = "127.0.0.1", rng: random.Random | None = None) -> int:
-    """A TCP port nothing listens on at the moment of asking, below the OS's ephemeral range when one is free there.
+    """A TCP port nothing listens on at the moment of asking, between Ray's worker ports and the OS's ephemeral range
+    (20000-32767 here) when one is free there.
 
     A port is chosen now and bound later (HAProxy binds its ports when Serve starts it, a minute after Ray started):
     one from the ephemeral range can be handed by the OS, in between, to any ``bind(0)`` or outgoing connection of
@@ -110,8 +116,8 @@ def free_tcp_port(host: str = "127.0.0.1", rng: random.Random | None = None) -> 
 
     low, _ = ephemeral_port_range()
     rng = rng or random.SystemRandom()
-    for _ in range(64):
-        port = rng.randrange(max(1_024, low // 2), max(low, 1_025))
+    for _ in range(64 if low > RAY_WORKER_PORTS_MAX + 1 else 0):
+        port = rng.randrange(RAY_WORKER_PORTS_MAX + 1, low)
         with socket.socket() as sock:
             try:
                 sock.bind((host, port))

@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,7 +29,14 @@ BUCKET = "aisys-test"
 
 
 def free_port() -> int:
-    """A free port below the OS's ephemeral range (see ``free_tcp_port``: a test's Serve binds it a minute later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_serve_port() -> int:
+    """A free port for a test's Serve, outside the OS's ephemeral range and Ray's worker ports (``free_tcp_port``):
+    HAProxy binds it a minute after it is chosen."""
     from aisys.runtime.ingress import free_tcp_port
 
     return free_tcp_port()
@@ -37,7 +45,7 @@ def free_port() -> int:
 @pytest.fixture
 def small_config_file(tmp_path: Path) -> Path:
     data = small_config_dict(tmp_path)
-    data["serve"] = {"port": free_port()}
+    data["serve"] = {"port": free_serve_port()}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
