@@ -48,7 +48,7 @@ def uvicorn_app():
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         service = pool.submit(asyncio.run, local_service(cfg)).result()
     app = build_fastapi_app(service, default_k=cfg.serve.default_k, max_k=cfg.serve.max_k,
-                            gateway=Gateway.from_config(cfg))
+                            gateway=Gateway.from_config(cfg), freeze_heap=cfg.serve.freeze_heap)
     install_request_metrics(app)
     return app
 

@@ -36,6 +36,7 @@ from aisys.serving.api_models import ModelOut
 from aisys.serving.canary import CHALLENGER, CHAMPION
 from aisys.serving.collector_store import open_event_log
 from aisys.serving.follow import AliasFollower
+from aisys.serving.heap import freeze_long_lived_heap
 from aisys.serving.recommender import Recommendation, Recommender, ScoreRequest, retrieval_options
 from aisys.serving.routes import build_fastapi_app
 from aisys.serving.rules import Inventory, JsonFileInventory
@@ -240,6 +241,7 @@ class RecommenderService:
             resolve=lambda alias: resolve_alias(cfg, alias),
             load=lambda alias, version: load_served_model(cfg, store, alias, version),
             every_s=cfg.online.follow_alias_every_s,
+            after_swap=freeze_long_lived_heap if cfg.serve.freeze_heap else None,  # the new model, out of them too
         )
         self.follower.start()
         self.catalogue = await asyncio.to_thread(load_catalogue, cfg, champion.info.snapshot_id)
@@ -254,7 +256,8 @@ class RecommenderService:
         gateway.listeners.append(self.telemetry.rate_limit_listener(gateway_key_tier(gateway)))
         if hasattr(gateway.limiter, "on_degraded"):  # the shared limiter: count requests limited without it
             gateway.limiter.on_degraded = self.telemetry.rate_limiter_degraded
-        app = build_fastapi_app(self.service, default_k=cfg.serve.default_k, max_k=cfg.serve.max_k, gateway=gateway)
+        app = build_fastapi_app(self.service, default_k=cfg.serve.default_k, max_k=cfg.serve.max_k, gateway=gateway,
+                                freeze_heap=cfg.serve.freeze_heap)
 
         async def latest_report():
             return latest_report_path(await monitor_status(cfg))

@@ -43,8 +43,10 @@ class AliasFollower:
         resolve: ResolveFn,
         load: LoadFn,
         every_s: float,
+        after_swap: Callable[[], object] | None = None,
     ) -> None:
         self.service = service
+        self.after_swap = after_swap  # run (in a worker thread) once a check changed an arm
         self.aliases = dict(aliases)
         self.resolve = resolve
         self.load = load
@@ -88,7 +90,11 @@ class AliasFollower:
         """Check forever, every ``every_s`` seconds."""
         while True:
             await asyncio.sleep(self.every_s)
-            await self.check_once()
+            if await self.check_once() and self.after_swap is not None:
+                try:
+                    await asyncio.to_thread(self.after_swap)
+                except Exception:
+                    logger.exception("after-swap hook failed; the new model serves anyway")
 
     def start(self) -> asyncio.Task | None:
         """Start :meth:`run` on the running loop (not when ``every_s`` is 0); return the task."""

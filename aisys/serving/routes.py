@@ -30,6 +30,7 @@ not FastAPI's default ``HTTPValidationError``, which this API never returns.
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the route
 # annotations, and the `k` bound is a closure variable of the router factory.
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -48,6 +49,7 @@ from aisys.serving.api_models import (
     StockOut,
 )
 from aisys.gateway.errors import install_error_handlers
+from aisys.serving.heap import freeze_long_lived_heap
 from aisys.serving.service import OnlineService, UnknownItem
 
 
@@ -173,6 +175,13 @@ def _ops_router() -> APIRouter:
     return router
 
 
+@asynccontextmanager
+async def _frozen_heap_lifespan(app: FastAPI):
+    """At start-up, before the first request: everything the server built is long-lived, freeze it."""
+    freeze_long_lived_heap()
+    yield
+
+
 def build_fastapi_app(
     service: OnlineService,
     *,
@@ -180,6 +189,7 @@ def build_fastapi_app(
     max_k: int = 100,
     gateway: Any = None,
     api_docs: bool | None = None,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``service``, JSON errors everywhere, optionally behind ``gateway``.
 
@@ -187,6 +197,9 @@ def build_fastapi_app(
     ``api_docs`` (default: ``gateway.settings.api_docs``, else True) mounts
     ``/openapi.json``, ``/docs`` and ``/redoc``; without them those paths are a
     404 (``app.openapi()`` still builds the schema in-process).
+    ``freeze_heap`` (``serve.freeze_heap``): when the server starts the app (its ASGI lifespan, which uvicorn
+    and Ray Serve both run), the heap built so far is frozen out of the cyclic collector's full collections
+    (:func:`aisys.serving.heap.freeze_long_lived_heap`).
     """
     if not 1 <= default_k <= max_k:
         raise ValueError(f"default_k ({default_k}) must be within 1..max_k ({max_k})")
@@ -195,6 +208,7 @@ def build_fastapi_app(
     docs = DOCS_URLS if api_docs else dict.fromkeys(DOCS_URLS)
     # FastAPI's own /docs and /redoc load their assets from a CDN; aisys.serving.api_docs serves them offline.
     app = FastAPI(title="aisys recommender", version="1", responses=ERROR_RESPONSES,
+                  lifespan=_frozen_heap_lifespan if freeze_heap else None,
                   **{**docs, "docs_url": None, "redoc_url": None})
     if api_docs:
         install_offline_docs(app, DOCS_URLS["docs_url"], DOCS_URLS["redoc_url"])
