@@ -67,6 +67,15 @@ class ServeConfig(_Section):
         "loops cost throughput and latency (measured, docs/serving.md, Benchmarks). Set through the replicas' "
         "runtime_env, so it travels with the deployment and its Serve YAML.",
     )
+    replica_niceness: int | None = Field(
+        0,
+        ge=0,
+        le=19,
+        description="The replicas' CPU niceness (RAY_worker_niceness in their runtime_env). Ray starts its workers at "
+        "nice 15 so tasks cannot starve its own daemons; a replica is the server, and at 15 any process at the "
+        "default 0 (Ray's dashboard agent exporting metrics every 10 s, a log shipper, the load itself) took the cores "
+        "from it first (measured, docs/serving.md, 'Replica priority'). None: Ray's default. Below 0 needs privileges.",
+    )
     freeze_heap: bool = Field(
         True,
         description="Freeze the Python heap a replica has built at start-up and after each model swap (gc.freeze), "

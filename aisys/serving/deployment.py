@@ -182,10 +182,10 @@ async def load_served_model(cfg: AppConfig, store: SessionStore, alias: str | No
 
 async def resolve_alias(cfg: AppConfig, alias: str) -> str | None:
     """The version ``alias`` points at, or ``None`` when the alias does not exist."""
-    from aisys.registry.mlflow_registry import get_model_info
+    from aisys.registry.mlflow_registry import alias_version
 
     try:
-        return (await asyncio.to_thread(get_model_info, cfg, alias))["version"]
+        return await asyncio.to_thread(alias_version, cfg, alias)
     except LookupError:
         return None
 

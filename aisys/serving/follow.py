@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Awaitable, Callable, Mapping
 
 from aisys.monitoring.metrics import record_champion_refused
@@ -87,14 +88,18 @@ class AliasFollower:
         return changed
 
     async def run(self) -> None:
-        """Check forever, every ``every_s`` seconds."""
+        """Check forever, every ``every_s`` seconds, the first time at a random point of the first period.
+
+        Replicas start together; without the random phase they all asked the registry at the same instant.
+        """
+        await asyncio.sleep(random.uniform(0, self.every_s))
         while True:
-            await asyncio.sleep(self.every_s)
             if await self.check_once() and self.after_swap is not None:
                 try:
                     await asyncio.to_thread(self.after_swap)
                 except Exception:
                     logger.exception("after-swap hook failed; the new model serves anyway")
+            await asyncio.sleep(self.every_s)
 
     def start(self) -> asyncio.Task | None:
         """Start :meth:`run` on the running loop (not when ``every_s`` is 0); return the task."""

@@ -24,6 +24,7 @@ DEPLOYMENT_NAME = "RecommenderService"  # the deployment's name (aisys.serving.d
 IMPORT_PATH = "aisys.serving.app:build_app"
 PROXY_LOCATION = "EveryNode"
 USER_CODE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"  # serve.user_code_thread
+NICENESS_ENV = "RAY_worker_niceness"  # serve.replica_niceness: read by a Ray worker when its process starts
 
 WIDTH = 118  # longest line written
 COMMENT_COLUMN = 44  # where an inline comment starts when the setting is shorter
@@ -94,7 +95,10 @@ def deployment_options(cfg: AppConfig) -> dict[str, Any]:
         actor["memory"] = serve.replica_memory_mb * 1024 * 1024  # Ray counts bytes
     # Serve reads it when a replica's process starts; as an env var of the replicas' runtime_env it reaches them
     # wherever they run (an application's runtime_env, e.g. a working_dir, still applies: Serve merges the two).
-    actor["runtime_env"] = {"env_vars": {USER_CODE_THREAD_ENV: "1" if serve.user_code_thread else "0"}}
+    env_vars = {USER_CODE_THREAD_ENV: "1" if serve.user_code_thread else "0"}
+    if serve.replica_niceness is not None:
+        env_vars[NICENESS_ENV] = str(serve.replica_niceness)
+    actor["runtime_env"] = {"env_vars": env_vars}
     return {
         **replica_options(cfg),
         "max_ongoing_requests": serve.max_ongoing_requests,
@@ -257,6 +261,8 @@ def _notes(cfg: AppConfig, source: str) -> dict[str, str]:
             "serve.replica_memory_mb, in bytes: the model, every user's history and the session cache"),
         f"{deployment}.ray_actor_options.runtime_env.env_vars.{USER_CODE_THREAD_ENV}": (
             "serve.user_code_thread: 0 runs the app on the replica's own event loop (faster, measured)"),
+        f"{deployment}.ray_actor_options.runtime_env.env_vars.{NICENESS_ENV}": (
+            "serve.replica_niceness: Ray starts workers at nice 15; a replica serves at 0 (measured)"),
         f"{deployment}.user_config": "live-tunable without a restart (RecommenderService.reconfigure)",
         f"{deployment}.user_config.max_batch_size": "serve.max_batch_size: requests in one forward pass",
         f"{deployment}.user_config.batch_wait_timeout_s": "serve.batch_wait_timeout_s: wait for a batch to fill",

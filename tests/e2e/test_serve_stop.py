@@ -176,6 +176,9 @@ def test_ctrl_c_stops_the_app_and_every_process_it_started(served_workspace):
     """Even when started with SIGINT ignored (a script's background job): a SIGINT to it used to do nothing until
     the benchmark's SIGKILL 90 s later; a terminal's foreground start is the easier case of the same handler."""
     proc, url = start_serve(served_workspace, sigint_ignored=True)
+    # The shipped default serve.replica_niceness: the replicas serve at nice 0, not at Ray's worker default 15.
+    replicas = [p for p in process_tree(proc.pid) if "ServeReplica" in " ".join(p.cmdline())]
+    assert replicas and all(p.nice() == 0 for p in replicas), [(p.pid, p.nice()) for p in replicas]
     stop_and_check(proc, url, served_workspace, "ctrl-c")
 
 

@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from aisys.cli.app import main
-from aisys.config import cli_overrides, config_from_dict
+from aisys.config import AppConfig, cli_overrides, config_from_dict
 from aisys.serving import deploy_config
 from aisys.serving.serve_yaml import (
     APP_NAME,
     DEPLOYMENT_NAME,
-    USER_CODE_THREAD_ENV,
+    NICENESS_ENV, USER_CODE_THREAD_ENV,
     config_overrides,
     deployment_options,
     render_rayservice,
@@ -250,7 +250,20 @@ def test_the_replicas_run_the_app_on_their_own_loop_unless_told_otherwise():
     def env_of(cfg):
         return deployment_options(cfg)["ray_actor_options"]["runtime_env"]["env_vars"]
 
-    assert env_of(auto_config()) == {USER_CODE_THREAD_ENV: "0"}
-    assert env_of(auto_config(serve={"user_code_thread": True})) == {USER_CODE_THREAD_ENV: "1"}
+    assert env_of(auto_config())[USER_CODE_THREAD_ENV] == "0"
+    assert env_of(auto_config(serve={"user_code_thread": True}))[USER_CODE_THREAD_ENV] == "1"
     text = deploy_config.render_serve_file(REPO, "configs/local.yaml", target="x.yaml")
-    assert deployment_of(text)["ray_actor_options"]["runtime_env"]["env_vars"] == {USER_CODE_THREAD_ENV: "0"}
+    assert deployment_of(text)["ray_actor_options"]["runtime_env"]["env_vars"] == env_of(auto_config())
+
+
+def test_the_replicas_run_at_normal_priority_unless_told_otherwise():
+    """serve.replica_niceness reaches the replicas as RAY_worker_niceness (Ray's workers start at nice 15);
+    None leaves Ray's default. tests/e2e/test_serve_stop.py checks the running replicas' niceness."""
+    def env_of(cfg):
+        return deployment_options(cfg)["ray_actor_options"]["runtime_env"]["env_vars"]
+
+    assert env_of(auto_config())[NICENESS_ENV] == "0"
+    assert env_of(auto_config(serve={"replica_niceness": 10}))[NICENESS_ENV] == "10"
+    assert NICENESS_ENV not in env_of(auto_config(serve={"replica_niceness": None}))
+    text = deploy_config.render_serve_file(REPO, "configs/cluster.yaml", target="x.yaml")
+    assert deployment_of(text)["ray_actor_options"]["runtime_env"]["env_vars"][NICENESS_ENV] == "0"
