@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from contextlib import closing
 
 import httpx
 import psutil
@@ -37,9 +36,10 @@ DRIVER = textwrap.dedent("""
 
 
 def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """The dashboard's port, bound by Ray later: outside the ephemeral range and Ray's worker ports."""
+    from aisys.runtime.ingress import free_tcp_port
+
+    return free_tcp_port()
 
 
 def lan_address() -> str | None:

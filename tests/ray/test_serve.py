@@ -1,7 +1,6 @@
 """The Serve application end to end: registry -> lake snapshot -> Ray Serve (2 replicas, gateway) -> real HTTP."""
 
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,9 +30,11 @@ N_USERS, N_ITEMS, LENGTH = 12, 20, 6
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a Serve, HAProxy or Ray port bound later: chosen outside the OS's ephemeral range and Ray's worker
+    ports (``free_tcp_port``), where a ``bind(0)`` of Ray's processes could take it in between (seen in CI)."""
+    from aisys.runtime.ingress import free_tcp_port
+
+    return free_tcp_port()
 
 
 def shop_events() -> pa.Table:
